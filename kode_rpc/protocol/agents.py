@@ -1,0 +1,281 @@
+"""Agent configuration, info, messages and the params/results of `agent/*` (contract section 3)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator
+
+from .base import OpenModel, WireModel
+
+AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+AgentId = Annotated[str, Field(pattern=AGENT_ID_PATTERN)]
+ProviderName = Literal["anthropic", "openai", "scripted", "echo"]
+AgentState = Literal["READY", "WORKING", "PAUSED"]
+Breakpoint = Literal[
+    "READY",
+    "PRE_MODEL",
+    "STREAMING_MODEL",
+    "TOOL_PENDING",
+    "AWAITING_APPROVAL",
+    "PRE_TOOL",
+    "TOOL_EXECUTING",
+    "POST_TOOL",
+]
+
+
+class ScriptToolCall(WireModel):
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScriptUsage(WireModel):
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+
+
+class ScriptStep(WireModel):
+    """One model call of the `scripted` provider."""
+
+    text: str | None = None
+    thinking: str | None = None
+    tool_calls: list[ScriptToolCall] | None = None
+    usage: ScriptUsage | None = None
+    delay_ms: int | None = Field(default=None, ge=0)
+    chunks: list[str] | None = None
+
+
+class ModelConfig(WireModel):
+    provider: ProviderName
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    script: list[ScriptStep] | None = None
+
+
+class PermissionConfig(WireModel):
+    mode: Literal["auto", "approval", "readonly"] = "approval"
+    allow_tools: list[str] | None = None
+    deny_tools: list[str] | None = None
+    require_approval_tools: list[str] | None = None
+    approval_timeout_ms: int | None = Field(default=None, gt=0)
+
+
+class SandboxConfig(WireModel):
+    work_dir: str
+    allow_paths: list[str] | None = None
+    enforce_boundary: bool = True
+
+    @field_validator("work_dir")
+    @classmethod
+    def _work_dir_absolute(cls, value: str) -> str:
+        import os.path
+
+        if not os.path.isabs(value):
+            raise ValueError("workDir must be an absolute path")
+        return value
+
+    @field_validator("allow_paths")
+    @classmethod
+    def _allow_paths_absolute(cls, value: list[str] | None) -> list[str] | None:
+        import os.path
+
+        for path in value or []:
+            if not os.path.isabs(path):
+                raise ValueError(f"allowPaths entries must be absolute: {path}")
+        return value
+
+
+class BudgetConfig(WireModel):
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0)
+
+
+class AgentConfig(WireModel):
+    """Params of `agent/create`; fields override the template's."""
+
+    agent_id: AgentId | None = None
+    template_id: str = "default"
+    model: ModelConfig | None = None
+    system_prompt: str | None = None
+    tools: list[str] | Literal["*"] | None = None
+    permission: PermissionConfig | None = None
+    sandbox: SandboxConfig | None = None
+    budget: BudgetConfig | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class ModelRef(WireModel):
+    provider: str
+    model: str | None = None
+
+
+class AgentInfo(WireModel):
+    agent_id: str
+    template_id: str
+    created_at: str
+    updated_at: str
+    state: AgentState
+    last_seq: int
+    message_count: int
+    model: ModelRef
+    work_dir: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class TextBlock(WireModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ThinkingBlock(WireModel):
+    type: Literal["thinking"] = "thinking"
+    thinking: str
+
+
+class ToolUseBlock(WireModel):
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultBlock(WireModel):
+    type: Literal["tool_result"] = "tool_result"
+    tool_use_id: str
+    content: Any = None
+    is_error: bool = False
+
+
+class ImageBlock(WireModel):
+    type: Literal["image"] = "image"
+    media_type: str
+    data: str
+
+
+ContentBlock = Annotated[
+    Union[TextBlock, ThinkingBlock, ToolUseBlock, ToolResultBlock, ImageBlock],
+    Field(discriminator="type"),
+]
+
+
+class Message(WireModel):
+    index: int
+    role: Literal["user", "assistant", "tool", "system"]
+    content: list[ContentBlock]
+    turn_id: str | None = None
+    created_at: str
+
+
+class Todo(WireModel):
+    id: str = Field(min_length=1)
+    title: str
+    status: Literal["pending", "in_progress", "completed"] = "pending"
+    notes: str | None = None
+
+
+class AgentRef(WireModel):
+    agent_id: AgentId
+
+
+class ResumeParams(AgentRef):
+    since: int | None = Field(default=None, ge=0)
+    strategy: Literal["crash", "manual"] = "crash"
+
+
+class ResumeResult(AgentInfo):
+    replayed: int
+
+
+class SendParams(AgentRef):
+    text: str | None = None
+    content: list[ContentBlock] | None = None
+    kind: Literal["user", "reminder"] = "user"
+
+
+class SendResult(WireModel):
+    message_id: str
+    turn_id: str
+    queued: bool
+
+
+class CompleteResult(WireModel):
+    status: Literal["ok", "paused", "interrupted", "error"]
+    text: str
+    turn_id: str
+    last_seq: int
+    permission_ids: list[str]
+
+
+class InterruptParams(AgentRef):
+    note: str | None = None
+
+
+class InterruptResult(WireModel):
+    interrupted: bool
+
+
+class DecideParams(AgentRef):
+    approval_id: str = Field(min_length=1)
+    decision: Literal["allow", "deny"]
+    note: str | None = None
+
+
+class DecideResult(WireModel):
+    accepted: bool
+
+
+class Usage(WireModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class ListParams(WireModel):
+    prefix: str | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = None
+
+
+class ListResult(WireModel):
+    agents: list[AgentInfo]
+    next_cursor: str | None = None
+
+
+class MessagesParams(AgentRef):
+    limit: int | None = Field(default=None, ge=1)
+    before: int | None = Field(default=None, ge=0)
+
+
+class MessagesResult(WireModel):
+    messages: list[Message]
+    total: int
+
+
+class EventsParams(AgentRef):
+    since: int = Field(default=0, ge=0)
+    limit: int | None = Field(default=None, ge=1)
+    channels: list[Literal["progress", "control", "monitor"]] | None = None
+
+
+class ForkParams(AgentRef):
+    new_agent_id: AgentId | None = None
+    at_seq: int | None = Field(default=None, ge=0)
+
+
+class TodosParams(AgentRef):
+    todos: list[Todo] | None = None
+
+
+class TodosResult(WireModel):
+    todos: list[Todo]
+
+
+class DeleteResult(WireModel):
+    deleted: bool
+
+
+class Metadata(OpenModel):
+    """Free-form client metadata stored with the agent."""

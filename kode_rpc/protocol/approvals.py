@@ -1,0 +1,62 @@
+"""`approval/request` (server to client) and the agent status that lists pending ones."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from .agents import AgentInfo, Breakpoint, Todo, Usage
+from .base import WireModel
+from .events import ToolCall
+
+
+class CommandSubject(WireModel):
+    type: Literal["command"] = "command"
+    command: str
+    cwd: str
+
+
+class FileChangeSubject(WireModel):
+    type: Literal["file_change"] = "file_change"
+    path: str
+    diff: str
+
+
+class ToolCallSubject(WireModel):
+    type: Literal["tool_call"] = "tool_call"
+
+
+Subject = Annotated[
+    Union[CommandSubject, FileChangeSubject, ToolCallSubject], Field(discriminator="type")
+]
+
+
+class ApprovalRequest(WireModel):
+    """Params of the server-to-client request `approval/request`."""
+
+    agent_id: str
+    approval_id: str
+    turn_id: str
+    call: ToolCall
+    title: str
+    subject: Subject
+    options: list[Literal["allow", "deny"]] = Field(default_factory=lambda: ["allow", "deny"])
+    expires_at: str | None = None
+
+
+class ApprovalResponse(WireModel):
+    """Result of `approval/request`; anything that does not validate means deny."""
+
+    decision: Literal["allow", "deny"]
+    note: str | None = None
+    remember: bool = False
+
+
+class AgentStatus(AgentInfo):
+    breakpoint: Breakpoint
+    active: bool
+    idle_ms: int
+    pending_approvals: list[ApprovalRequest]
+    usage: Usage
+    todos: list[Todo]

@@ -1,0 +1,127 @@
+"""Lifecycle (`initialize`), pool, templates, store and metrics methods (sections 2 and 7)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import WireModel
+
+
+class ClientInfo(WireModel):
+    name: str
+    version: str | None = None
+
+
+class ClientCapabilities(WireModel):
+    approvals: bool = True
+
+
+class InitializeParams(WireModel):
+    protocol_version: int
+    client_info: ClientInfo | None = None
+    process_id: int | None = None
+    workspace_folders: list[str] | None = None
+    capabilities: ClientCapabilities = Field(default_factory=ClientCapabilities)
+
+
+class ServerInfo(WireModel):
+    name: Literal["kode-rpc"] = "kode-rpc"
+    version: str
+
+
+class ServerCapabilities(WireModel):
+    providers: list[str]
+    tools: list[str]
+    stores: list[str]
+    framings: list[str] = Field(default_factory=lambda: ["content-length", "ndjson"])
+    acp: bool = False
+
+
+class InitializeResult(WireModel):
+    protocol_version: int = 1
+    server_info: ServerInfo
+    capabilities: ServerCapabilities
+    data_dir: str
+
+
+class PoolStats(WireModel):
+    active: int
+    max_agents: int
+    working: int
+    hibernated: int
+
+
+class TemplateInfo(WireModel):
+    id: str
+    version: str
+    description: str
+
+
+class TemplatesResult(WireModel):
+    templates: list[TemplateInfo]
+
+
+class DatabaseHealth(WireModel):
+    connected: bool
+    latency_ms: float
+
+
+class FileSystemHealth(WireModel):
+    writable: bool
+
+
+class StoreHealth(WireModel):
+    healthy: bool
+    database: DatabaseHealth
+    file_system: FileSystemHealth
+    checked_at: str
+
+
+class ConsistencyParams(WireModel):
+    agent_id: str
+
+
+class ConsistencyResult(WireModel):
+    consistent: bool
+    issues: list[str]
+
+
+class Operations(WireModel):
+    saves: int
+    loads: int
+    queries: int
+    deletes: int
+
+
+class Performance(WireModel):
+    avg_latency_ms: float
+    max_latency_ms: float
+    min_latency_ms: float
+
+
+class Storage(WireModel):
+    total_agents: int
+    total_messages: int
+    db_size_bytes: int
+
+
+class StoreMetrics(WireModel):
+    operations: Operations
+    performance: Performance
+    storage: Storage
+    collected_at: str
+
+
+class PrometheusResult(WireModel):
+    content_type: str
+    text: str
+
+
+class CancelParams(WireModel):
+    id: int | str
+
+
+class Empty(WireModel):
+    """Params of methods that take none (absent params and `[]` mean `{}`)."""

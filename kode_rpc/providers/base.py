@@ -1,0 +1,100 @@
+"""The provider interface: one streamed model call.
+
+The runtime owns the conversation, the script position and retries' events;
+a provider turns a `ModelRequest` into a stream of `StreamEvent`s and raises
+`ProviderError` (with a contract error type) when the call fails. Cancelling the
+consuming task must stop the stream at once: providers do no work outside the
+iteration.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+
+@dataclass
+class ModelRequest:
+    system: str
+    messages: list[dict[str, Any]]
+    """Wire `Message` dicts (`role`, `content` blocks) in order."""
+    tools: list[dict[str, Any]]
+    """`{name, description, input_schema}` of each enabled tool."""
+    config: dict[str, Any]
+    """The agent's `ModelConfig` as wire JSON."""
+    position: int = 0
+    """How many model calls this agent made before this one (the `scripted` cursor)."""
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class ThinkingDelta:
+    text: str
+
+
+@dataclass
+class ToolCallRequest:
+    id: str
+    name: str
+    input: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UsageReport:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+StreamEvent = Union[TextDelta, ThinkingDelta, ToolCallRequest, UsageReport]
+
+
+class ProviderError(Exception):
+    """A failed model call; `type` is the `-32020` vocabulary (rate_limit, timeout, ...)."""
+
+    def __init__(self, type_: str, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.type = type_
+        self.message = message
+        self.retryable = retryable
+
+
+class Provider(ABC):
+    name: str
+
+    @abstractmethod
+    def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+        """Stream one model call. Usage, when known, comes as one `UsageReport`."""
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count (4 characters a token) for offline providers that have no tokenizer."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def split_words(text: str) -> list[str]:
+    """Split into words each carrying the whitespace after it; the pieces join back to `text`."""
+    pieces: list[str] = []
+    start = 0
+    i = 0
+    n = len(text)
+    # leading whitespace sticks to the first word
+    while i < n and text[i].isspace():
+        i += 1
+    while i < n:
+        while i < n and not text[i].isspace():
+            i += 1
+        while i < n and text[i].isspace():
+            i += 1
+        pieces.append(text[start:i])
+        start = i
+    if start < n:
+        pieces.append(text[start:])
+    return pieces

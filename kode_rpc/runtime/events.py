@@ -1,0 +1,156 @@
+"""The event log: assigns per-agent `seq`, stores each event, then delivers it.
+
+Order of the spine: emit -> seq assigned -> row enqueued to the store -> commit ->
+subscribers receive. Nothing is delivered that is not stored, and delivery follows
+commit order, which is seq order. Streaming deltas (`text_chunk`, `think_chunk`,
+`tool:output`) are held for the rest of the loop tick so that consecutive ones of
+the same stream merge into one event; any other event flushes them first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol.events import channel_of
+from ..store.base import EventRow, Store
+from .util import now_iso
+
+log = logging.getLogger(__name__)
+
+MERGEABLE = frozenset({"text_chunk", "think_chunk", "tool:output"})
+MAX_MERGED_DELTA = 64 * 1024
+
+
+@dataclass
+class Envelope:
+    agent_id: str
+    seq: int
+    ts: str
+    channel: str
+    turn_id: str | None
+    event: dict[str, Any]
+    json: str = ""
+    delivered: asyncio.Future[None] | None = field(default=None, repr=False)
+
+    def encode(self) -> str:
+        body: dict[str, Any] = {"agentId": self.agent_id, "seq": self.seq, "ts": self.ts, "channel": self.channel}
+        if self.turn_id is not None:
+            body["turnId"] = self.turn_id
+        body["event"] = self.event
+        self.json = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        return self.json
+
+
+Subscriber = Callable[[Envelope], None]
+
+
+class EventLog:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._seq: dict[str, int] = {}
+        self._subs: dict[str, list[Subscriber]] = {}
+        self._held: list[Envelope] = []
+        self._flush_scheduled = False
+        self.taps: list[Subscriber] = []
+        """Called with every delivered event of every agent (metrics)."""
+
+    # --- agents ------------------------------------------------------------
+    def register(self, agent_id: str, last_seq: int) -> None:
+        self._seq[agent_id] = last_seq
+
+    def unregister(self, agent_id: str) -> None:
+        self.flush()
+        self._seq.pop(agent_id, None)
+
+    def last_seq(self, agent_id: str) -> int:
+        return self._seq[agent_id]
+
+    # --- subscribers ---------------------------------------------------------
+    def subscribe(self, agent_id: str, subscriber: Subscriber) -> None:
+        subs = self._subs.setdefault(agent_id, [])
+        if subscriber not in subs:
+            subs.append(subscriber)
+
+    def unsubscribe(self, agent_id: str, subscriber: Subscriber) -> None:
+        subs = self._subs.get(agent_id)
+        if subs and subscriber in subs:
+            subs.remove(subscriber)
+
+    def unsubscribe_all(self, subscriber: Subscriber) -> None:
+        for subs in self._subs.values():
+            if subscriber in subs:
+                subs.remove(subscriber)
+
+    # --- emitting --------------------------------------------------------------
+    def emit(self, agent_id: str, event: dict[str, Any], turn_id: str | None = None) -> Envelope:
+        """Store and deliver `event`; `await envelope.delivered` to wait until it is durable."""
+        etype = event["type"]
+        if etype in MERGEABLE and self._held:
+            last = self._held[-1]
+            if self._mergeable(last, agent_id, event, turn_id):
+                last.event["delta"] += event["delta"]
+                if event.get("truncated"):
+                    last.event["truncated"] = True
+                return last
+        seq = self._seq[agent_id] + 1
+        self._seq[agent_id] = seq
+        env = Envelope(agent_id, seq, now_iso(), channel_of(etype), turn_id, event)
+        env.delivered = asyncio.get_running_loop().create_future()
+        if etype in MERGEABLE:
+            self._held.append(env)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            self.flush()
+            self._write([env])
+        return env
+
+    @staticmethod
+    def _mergeable(last: Envelope, agent_id: str, event: dict[str, Any], turn_id: str | None) -> bool:
+        prev = last.event
+        return (
+            last.agent_id == agent_id
+            and last.turn_id == turn_id
+            and prev["type"] == event["type"]
+            and prev.get("step") == event.get("step")
+            and prev.get("callId") == event.get("callId")
+            and prev.get("stream") == event.get("stream")
+            and len(prev["delta"]) + len(event["delta"]) <= MAX_MERGED_DELTA
+        )
+
+    def flush(self) -> None:
+        """Write held deltas now (before any other event, so seq order is kept)."""
+        self._flush_scheduled = False
+        if self._held:
+            held, self._held = self._held, []
+            self._write(held)
+
+    def _write(self, envs: list[Envelope]) -> None:
+        rows = [EventRow(e.agent_id, e.seq, e.ts, e.channel, e.turn_id, e.event["type"], e.encode()) for e in envs]
+        fut = self._store.append_events(rows)
+        fut.add_done_callback(lambda f: self._written(envs, f))
+
+    def _written(self, envs: list[Envelope], fut: asyncio.Future[None]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            err = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+            log.error("events %s..%s of %s were not stored and are not sent: %s",
+                      envs[0].seq, envs[-1].seq, envs[0].agent_id, err)
+            for env in envs:
+                if env.delivered and not env.delivered.done():
+                    env.delivered.set_exception(err)  # type: ignore[arg-type]
+                    env.delivered.exception()  # mark retrieved: most emitters never await it
+            return
+        for env in envs:
+            for sub in [*self.taps, *self._subs.get(env.agent_id, ())]:
+                try:
+                    sub(env)
+                except Exception:  # a broken subscriber must not stop delivery to others
+                    log.exception("event subscriber failed")
+            if env.delivered and not env.delivered.done():
+                env.delivered.set_result(None)

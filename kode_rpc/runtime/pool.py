@@ -1,0 +1,254 @@
+"""The agent pool: which agents are in memory, their leases, hibernation and recovery.
+
+At most `max_agents` agents live in memory; the least recently used idle one is
+hibernated (it is already fully stored, so that only drops it and its lease) to
+make room. Every active agent holds a lease row in the store so a second server
+process on the same data dir cannot run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..protocol.agents import AgentConfig, ModelConfig, PermissionConfig, SandboxConfig
+from ..protocol.errors import AGENT_LOCKED, INVALID_PARAMS, OVERLOADED, RpcError, not_found
+from ..store.base import AgentExists, AgentRow, LeaseHeld, LeaseOwner
+from .agent import Agent, Services
+from .events import Envelope
+from .templates import TEMPLATES
+from .util import new_id, now_iso
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[Envelope], None]
+
+
+@dataclass
+class PoolSettings:
+    data_dir: str
+    max_agents: int = 50
+    lease_ttl_s: float = 30.0
+    default_model: dict[str, Any] = field(default_factory=lambda: {"provider": "echo"})
+    default_work_dir: str | None = None
+
+
+class AgentPool:
+    def __init__(self, svc: Services, settings: PoolSettings) -> None:
+        self.svc = svc
+        self.settings = settings
+        self.agents: OrderedDict[str, Agent] = OrderedDict()
+        self.hibernated: set[str] = set()
+        self.owner = LeaseOwner(os.getpid(), socket.gethostname(), new_id("owner"))
+        self._loading: dict[str, asyncio.Future[Agent]] = {}
+        self._renewer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_leases(), name="lease-renewer")
+
+    # --- configuration ---------------------------------------------------------
+    def resolve_config(self, cfg: AgentConfig, agent_id: str) -> dict[str, Any]:
+        """The template's defaults under the call's fields; stored with the agent."""
+        template = TEMPLATES.get(cfg.template_id)
+        if template is None:
+            raise not_found("template", cfg.template_id)
+        out = cfg.model_copy(deep=True)
+        out.agent_id = agent_id
+        if out.model is None:
+            out.model = ModelConfig.model_validate(self.settings.default_model)
+        if out.permission is None:
+            out.permission = PermissionConfig.model_validate(template.permission)
+        if out.tools is None:
+            out.tools = template.tools  # type: ignore[assignment]
+        if out.sandbox is None:
+            work_dir = self.settings.default_work_dir or os.path.join(self.settings.data_dir, "workspaces", agent_id)
+            os.makedirs(work_dir, exist_ok=True)
+            out.sandbox = SandboxConfig(work_dir=work_dir)
+        return out.wire()
+
+    # --- lifecycle ---------------------------------------------------------------
+    async def create(self, cfg: AgentConfig, subscriber: Subscriber | None) -> Agent:
+        agent_id = cfg.agent_id or new_id("agt")
+        config = self.resolve_config(cfg, agent_id)
+        await self._make_room()
+        now = now_iso()
+        row = AgentRow(agent_id, cfg.template_id, now, now, "READY", 0, 0, config, {}, cfg.metadata or {})
+        try:
+            await self.svc.store.create_agent(row)
+        except AgentExists:
+            raise RpcError(INVALID_PARAMS, f"agent {agent_id} already exists", "agent_exists",
+                           errors=[{"field": "agentId", "message": "an agent with this id exists"}]) from None
+        await self._lease(agent_id)
+        agent = self._admit(row, [], [], subscriber)
+        agent.emit({"type": "state_changed", "state": "READY"})
+        return agent
+
+    async def get(self, agent_id: str, subscriber: Subscriber | None = None, *, recover: bool = True) -> Agent:
+        """The active agent, loading (and, with `recover`, crash-recovering) it when hibernated."""
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            loading = self._loading.get(agent_id)
+            if loading is not None:
+                agent = await asyncio.shield(loading)
+            else:
+                fut: asyncio.Future[Agent] = asyncio.get_running_loop().create_future()
+                self._loading[agent_id] = fut
+                try:
+                    agent = await self._load(agent_id, subscriber, recover)
+                    fut.set_result(agent)
+                except BaseException as exc:
+                    fut.set_exception(exc)
+                    fut.exception()
+                    raise
+                finally:
+                    self._loading.pop(agent_id, None)
+        self.agents.move_to_end(agent_id)
+        agent.touch()
+        if subscriber is not None:
+            self.svc.events.subscribe(agent_id, subscriber)
+        return agent
+
+    async def _load(self, agent_id: str, subscriber: Subscriber | None, recover: bool) -> Agent:
+        store = self.svc.store
+        row = await store.get_agent(agent_id)
+        if row is None:
+            raise not_found("agent", agent_id)
+        await self._make_room()
+        await self._lease(agent_id)
+        try:
+            messages, _ = await store.load_messages(agent_id)
+            todos = await store.get_todos(agent_id)
+            msgs = [{"index": m.index, "role": m.role, "content": m.content, "turnId": m.turn_id,
+                     "createdAt": m.created_at} for m in messages]
+            agent = self._admit(row, msgs, todos, subscriber)
+        except BaseException:
+            await store.release_lease(agent_id, self.owner)
+            raise
+        if recover:
+            sealed, start = await agent.recover("crash")
+            if sealed or agent.pending or agent.queue:
+                agent.emit({"type": "agent_resumed", "strategy": "crash", "sealed": sealed})
+            start()
+        return agent
+
+    def _admit(self, row: AgentRow, messages: list[dict[str, Any]], todos: list[dict[str, Any]],
+               subscriber: Subscriber | None) -> Agent:
+        agent = Agent(self.svc, row, messages, todos)
+        self.svc.events.register(row.agent_id, row.last_seq)
+        if subscriber is not None:
+            self.svc.events.subscribe(row.agent_id, subscriber)
+        self.agents[row.agent_id] = agent
+        self.hibernated.discard(row.agent_id)
+        return agent
+
+    async def _lease(self, agent_id: str) -> None:
+        try:
+            await self.svc.store.acquire_lease(agent_id, self.owner, self.settings.lease_ttl_s)
+        except LeaseHeld as held:
+            raise RpcError(AGENT_LOCKED, f"agent {agent_id} is run by another process (pid {held.pid})",
+                           "agent_locked", pid=held.pid, host=held.host) from None
+
+    async def _make_room(self) -> None:
+        while len(self.agents) >= self.settings.max_agents:
+            idle = next((a for a in self.agents.values() if not a.busy), None)
+            if idle is None:
+                raise RpcError(OVERLOADED, f"all {self.settings.max_agents} agents in memory are busy", "pool_full",
+                               retryable=True)
+            await self.hibernate(idle)
+
+    async def hibernate(self, agent: Agent) -> None:
+        """Drop an idle agent from memory; everything about it is already stored."""
+        self.agents.pop(agent.id, None)
+        await agent.shells.kill_all()
+        await agent.persist()
+        self.svc.events.unregister(agent.id)
+        await self.svc.store.release_lease(agent.id, self.owner)
+        self.hibernated.add(agent.id)
+        log.debug("hibernated %s", agent.id)
+
+    async def delete(self, agent_id: str) -> bool:
+        agent = self.agents.pop(agent_id, None)
+        if agent is not None:
+            await agent.close()
+            self.svc.events.unregister(agent_id)
+        else:
+            if await self.svc.store.get_agent(agent_id) is None:
+                return False
+            await self._lease(agent_id)
+        self.hibernated.discard(agent_id)
+        return await self.svc.store.delete_agent(agent_id)
+
+    async def fork(self, agent_id: str, new_agent_id: str | None, at_seq: int | None) -> AgentRow:
+        source = await self.svc.store.get_agent(agent_id)
+        if source is None:
+            raise not_found("agent", agent_id)
+        live = self.agents.get(agent_id)
+        last = self.svc.events.last_seq(agent_id) if live else source.last_seq
+        if at_seq is not None and at_seq > last:
+            raise RpcError(INVALID_PARAMS, f"atSeq {at_seq} is after the agent's last seq {last}", "invalid_params",
+                           errors=[{"field": "atSeq", "message": f"must be <= {last}"}])
+        if live:
+            self.svc.events.flush()
+            await self.svc.store.barrier()
+        new_id_ = new_agent_id or new_id("agt")
+        config = dict(source.config, agentId=new_id_)
+        now = now_iso()
+        row = AgentRow(new_id_, source.template_id, now, now, "READY", 0, 0, config,
+                       {"modelCalls": source.runtime.get("modelCalls", 0)} if at_seq is None else {},
+                       dict(source.metadata, forkedFrom=agent_id))
+        try:
+            await self.svc.store.fork_agent(agent_id, row, at_seq)
+        except AgentExists:
+            raise RpcError(INVALID_PARAMS, f"agent {new_id_} already exists", "agent_exists",
+                           errors=[{"field": "newAgentId", "message": "an agent with this id exists"}]) from None
+        self.hibernated.add(new_id_)
+        stored = await self.svc.store.get_agent(new_id_)
+        assert stored is not None
+        return stored
+
+    # --- observability -------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {
+            "active": len(self.agents),
+            "maxAgents": self.settings.max_agents,
+            "working": sum(1 for a in self.agents.values() if a.current is not None),
+            "hibernated": len(self.hibernated),
+        }
+
+    # --- shutdown -------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+        agents = list(self.agents.values())
+        await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
+        self.svc.events.flush()
+        for agent in agents:
+            await self.svc.store.release_lease(agent.id, self.owner)
+        self.agents.clear()
+
+    async def _renew_leases(self) -> None:
+        interval = max(self.settings.lease_ttl_s / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            if self.agents:
+                try:
+                    await self.svc.store.renew_leases(list(self.agents), self.owner, self.settings.lease_ttl_s)
+                except Exception:
+                    log.exception("lease renewal failed")
+
+
+def idle_ms(updated_at: str) -> int:
+    """Milliseconds since an ISO timestamp (for agents not in memory)."""
+    try:
+        then = datetime.fromisoformat(updated_at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0
+    return max(0, int((time.time() - then) * 1000))

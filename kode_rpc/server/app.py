@@ -1,0 +1,124 @@
+"""`kode-rpc serve`: wire stdin/stdout, the store, the pool and the session together.
+
+Exit paths (`exit`, stdin EOF, the parent `processId` gone, SIGTERM/SIGINT) all
+run the same graceful shutdown: stop taking requests, interrupt running turns,
+persist agents, close the store, kill tool process trees, flush stdout, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from ..config import data_dir as resolve_data_dir
+from ..config import load_settings
+from ..logs import setup_logging
+from ..runtime.agent import Services
+from ..runtime.events import EventLog
+from ..runtime.metrics import Metrics
+from ..runtime.pool import AgentPool, PoolSettings
+from ..sandbox.process import kill_all
+from ..store.sqlite import SQLiteStore, pid_alive
+from ..tools.base import builtin_tools
+from .handlers import Session
+from .rpc import Connection, Output, start_stdin_reader, take_stdout
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    def __init__(self, data_dir: str, framing: str, max_agents: int | None) -> None:
+        self.data_dir = data_dir
+        self.framing = framing
+        self.max_agents = max_agents
+        self.exit_code = 0
+        self._stopping: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()
+
+    async def run(self, proto_out: object) -> int:
+        os.makedirs(self.data_dir, exist_ok=True)
+        settings = load_settings()
+        self.store = SQLiteStore(os.path.join(self.data_dir, "kode.db"))
+        await self.store.open()
+        events = EventLog(self.store)
+        metrics = Metrics()
+        events.taps.append(metrics.tap)
+        svc = Services(self.store, events, builtin_tools())
+        self.pool = AgentPool(svc, PoolSettings(self.data_dir, max_agents=self.max_agents or settings.max_agents,
+                                                default_model=settings.default_model))
+        self.pool.start()
+        self.output = Output(proto_out, self.framing)  # type: ignore[arg-type]
+        self.conn = Connection(self.output, self.framing)
+        self.session = Session(self.conn, self.pool, metrics, self.data_dir, self.shutdown)
+        self.conn.on_exit = self._on_exit
+        self.conn.on_eof = lambda: self.stop(0)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop, 0)
+            except (NotImplementedError, RuntimeError):  # Windows
+                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(self.stop, 0))
+        watcher = asyncio.create_task(self._watch_parent())
+        start_stdin_reader(loop, self.conn)
+        log.info("kode-rpc serving (%s framing), data dir %s", self.framing, self.data_dir)
+        await self._done.wait()
+        watcher.cancel()
+        return self.exit_code
+
+    def _on_exit(self, code: int) -> None:
+        self.stop(code)
+
+    def stop(self, code: int) -> None:
+        """Begin the graceful shutdown (once) and end the process after it."""
+        self.exit_code = code
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+
+    async def _stop(self) -> None:
+        try:
+            await self.shutdown()
+        finally:
+            self._done.set()
+
+    async def shutdown(self) -> None:
+        """The graceful shutdown of contract section 8; idempotent (`shutdown` then `exit`)."""
+        if getattr(self, "_shut", False):
+            return
+        self._shut = True
+        self.conn.shutting_down = True
+        try:
+            await self.pool.shutdown()
+        except Exception:
+            log.exception("pool shutdown failed")
+        kill_all()
+        await self.store.close()
+
+    async def _watch_parent(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            pid = self.session.process_id
+            if pid is not None and not pid_alive(pid):
+                log.warning("client process %s is gone; shutting down", pid)
+                self.stop(0)
+                return
+
+
+def serve(data_dir: str | None, framing: str, log_level: str, max_agents: int | None = None) -> int:
+    proto_out = take_stdout()
+    setup_logging(log_level)
+    app = App(resolve_data_dir(data_dir), framing, max_agents)
+    try:
+        code = asyncio.run(app.run(proto_out))
+    except Exception:
+        log.exception("server failed")
+        code = 1
+    output = getattr(app, "output", None)
+    if output is not None:
+        output.close()
+    logging.shutdown()
+    sys.stderr.flush()
+    # The stdin reader thread may sit in a blocking read; do not wait for it.
+    os._exit(code)

@@ -1,0 +1,393 @@
+"""One short handler per protocol method: validate params, call the runtime, dump the result.
+
+Also the two things only a connection knows: which agents this client watches
+(event fan-out with a replay cursor, so resume has no gap and no duplicate) and
+the approval bridge (`permission_required` -> `approval/request` -> `decide`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .. import __version__
+from ..protocol import agents as a
+from ..protocol import system as s
+from ..protocol.approvals import ApprovalResponse
+from ..protocol.errors import INVALID_PARAMS, UNSUPPORTED_PROTOCOL, RpcError, invalid_params, not_found
+from ..protocol.methods import METHODS
+from ..providers.registry import AVAILABLE
+from ..runtime.agent import Agent
+from ..runtime.events import Envelope
+from ..runtime.metrics import Metrics
+from ..runtime.pool import AgentPool, idle_ms
+from ..runtime.templates import TEMPLATES
+from ..store.base import AgentRow
+from .rpc import AfterResponse, Connection
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], params: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "params", "message": e["msg"]} for e in exc.errors()]
+        raise invalid_params(errors) from None
+
+
+def row_info(row: AgentRow) -> dict[str, Any]:
+    model = row.config.get("model") or {}
+    return a.AgentInfo(
+        agent_id=row.agent_id, template_id=row.template_id, created_at=row.created_at, updated_at=row.updated_at,
+        state=row.state if row.state in ("READY", "WORKING", "PAUSED") else "READY",  # type: ignore[arg-type]
+        last_seq=row.last_seq, message_count=row.message_count,
+        model={"provider": model.get("provider", "echo"), "model": model.get("model")},
+        work_dir=(row.config.get("sandbox") or {}).get("workDir"), metadata=row.metadata,
+    ).wire()
+
+
+class Session:
+    """The protocol state of one client connection."""
+
+    def __init__(self, conn: Connection, pool: AgentPool, metrics: Metrics, data_dir: str,
+                 shutdown: Callable[[], Awaitable[None]]) -> None:
+        self.conn = conn
+        self.pool = pool
+        self.store = pool.svc.store
+        self.events = pool.svc.events
+        self.metrics = metrics
+        self.data_dir = data_dir
+        self._shutdown = shutdown
+        self.approvals = True
+        self.process_id: int | None = None
+        self.sent: dict[str, int] = {}
+        self.buffering: dict[str, list[Envelope]] = {}
+        self.outstanding: dict[str, str] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        for name, method in METHODS.items():
+            if method.direction == "client->server" and method.kind == "request":
+                conn.register(name, self._wrap(getattr(self, "h_" + name.replace("/", "_"))))
+
+    def _wrap(self, fn: Callable[[dict[str, Any]], Awaitable[Any]]) -> Callable[[dict[str, Any]], Awaitable[Any]]:
+        async def handler(params: dict[str, Any]) -> Any:
+            return await fn(params)
+
+        handler.__name__ = fn.__name__
+        return handler
+
+    def lock(self, agent_id: str) -> asyncio.Lock:
+        """Requests on one agent start in arrival order (create before a pipelined send)."""
+        return self.locks.setdefault(agent_id, asyncio.Lock())
+
+    # --- event fan-out --------------------------------------------------------------
+    def deliver(self, env: Envelope) -> None:
+        buf = self.buffering.get(env.agent_id)
+        if buf is not None:
+            buf.append(env)
+            return
+        if env.seq <= self.sent.get(env.agent_id, 0):
+            return
+        self.sent[env.agent_id] = env.seq
+        self.conn.send_raw(b'{"jsonrpc":"2.0","method":"agent/event","params":' + env.json.encode("utf-8") + b"}")
+        etype = env.event["type"]
+        if etype == "permission_required" and self.approvals:
+            self._spawn(self._ask_client(env.agent_id, env.event["approvalId"]))
+        elif etype == "permission_decided":
+            msg_id = self.outstanding.pop(env.event.get("approvalId") or "", None)
+            if msg_id is not None and env.event.get("decidedBy") != "client":
+                self.conn.cancel_outgoing(msg_id)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _ask_client(self, agent_id: str, approval_id: str) -> None:
+        agent = self.pool.agents.get(agent_id)
+        pa = agent.pending.get(approval_id) if agent else None
+        if agent is None or pa is None:
+            return
+        msg_id, fut = self.conn.request("approval/request", pa.request)
+        self.outstanding[approval_id] = msg_id
+        decision, note, remember = "deny", None, False
+        try:
+            reply = await fut
+            parsed = ApprovalResponse.model_validate(reply)
+            decision, note, remember = parsed.decision, parsed.note, parsed.remember
+        except asyncio.CancelledError:
+            return
+        except ValidationError:
+            note = "malformed approval reply"
+        except Exception as exc:  # an error reply means deny
+            note = f"client error: {exc}"
+        finally:
+            self.outstanding.pop(approval_id, None)
+        if approval_id in agent.pending:
+            try:
+                await agent.decide(approval_id, decision, note, remember, "client")
+            except RpcError:
+                pass  # answered elsewhere first: a late reply is ignored
+
+    def _start_buffering(self, agent_id: str) -> None:
+        self.buffering.setdefault(agent_id, [])
+
+    def _release_buffer(self, agent_id: str) -> None:
+        for env in self.buffering.pop(agent_id, []):
+            self.deliver(env)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def h_initialize(self, params: dict[str, Any]) -> Any:
+        try:
+            p = parse(s.InitializeParams, params)
+            if p.protocol_version != 1:
+                raise RpcError(UNSUPPORTED_PROTOCOL, f"protocol version {p.protocol_version} is not supported",
+                               "unsupported_protocol", supported=[1])
+        except BaseException:
+            self.conn.initializing = False
+            raise
+        self.approvals = p.capabilities.approvals
+        self.process_id = p.process_id
+        if p.workspace_folders:
+            self.pool.settings.default_work_dir = p.workspace_folders[0]
+        self.conn.initialized = True
+        self.conn.initializing = False
+        from ..tools.base import builtin_tools
+
+        return s.InitializeResult(
+            server_info=s.ServerInfo(version=__version__),
+            capabilities=s.ServerCapabilities(providers=list(AVAILABLE), tools=sorted(builtin_tools()),
+                                              stores=[self.store.name], acp=False),
+            data_dir=self.data_dir,
+        ).wire()
+
+    async def h_shutdown(self, params: dict[str, Any]) -> Any:
+        self.conn.shutting_down = True
+        await self._shutdown()
+        return None
+
+    # --- agents ------------------------------------------------------------------------------
+    async def h_agent_create(self, params: dict[str, Any]) -> Any:
+        cfg = parse(a.AgentConfig, params)
+        if cfg.agent_id is None:
+            agent = await self.pool.create(cfg, self.deliver)
+            return agent.info().wire()
+        async with self.lock(cfg.agent_id):
+            agent = await self.pool.create(cfg, self.deliver)
+            return agent.info().wire()
+
+    async def h_agent_resume(self, params: dict[str, Any]) -> Any:
+        p = parse(a.ResumeParams, params)
+        async with self.lock(p.agent_id):
+            already = p.agent_id in self.pool.agents
+            self._start_buffering(p.agent_id)
+            try:
+                agent = await self.pool.get(p.agent_id, self.deliver, recover=False)
+                base = self.events.last_seq(p.agent_id)
+                sealed: list[str] = []
+                start: Callable[[], None] = lambda: None
+                if not already:
+                    sealed, start = await agent.recover(p.strategy)
+                self.events.flush()
+                await self.store.barrier()
+                replayed = 0
+                if p.since is not None:
+                    replayed = await self._replay(p.agent_id, p.since)
+                else:
+                    self.sent[p.agent_id] = max(self.sent.get(p.agent_id, 0), base)
+            finally:
+                self._release_buffer(p.agent_id)
+            env = agent.emit({"type": "agent_resumed", "strategy": p.strategy, "sealed": sealed})
+            assert env.delivered is not None
+            await env.delivered
+            result = dict(agent.info().wire(), replayed=replayed)
+            return AfterResponse(result, start)
+
+    async def _replay(self, agent_id: str, since: int) -> int:
+        rows = await self.store.read_events(agent_id, since)
+        prefix = b'{"jsonrpc":"2.0","method":"agent/event","params":{"replay":true,'
+        for row in rows:
+            self.conn.send_raw(prefix + row.json[1:].encode("utf-8") + b"}")
+        if rows:
+            self.sent[agent_id] = max(self.sent.get(agent_id, 0), rows[-1].seq)
+        return len(rows)
+
+    async def _send(self, params: dict[str, Any]) -> tuple[Agent, Any, bool]:
+        p = parse(a.SendParams, params)
+        if p.content:
+            content = [b.wire() for b in p.content]
+        elif p.text is not None:
+            content = [{"type": "text", "text": p.text}]
+        else:
+            raise invalid_params([{"field": "text", "message": "text or content is required"}])
+        async with self.lock(p.agent_id):
+            agent = await self.pool.get(p.agent_id, self.deliver)
+            turn, queued = await agent.send(content, p.kind)
+        return agent, turn, queued
+
+    async def h_agent_send(self, params: dict[str, Any]) -> Any:
+        _, turn, queued = await self._send(params)
+        return {"messageId": "msg_" + turn.id.split("_", 1)[1], "turnId": turn.id, "queued": queued}
+
+    async def h_agent_complete(self, params: dict[str, Any]) -> Any:
+        agent, turn, _ = await self._send(params)
+        while True:
+            waiters: set[asyncio.Future[Any]] = {turn.done}
+            paused: asyncio.Task[Any] | None = None
+            if not self.approvals:
+                paused = asyncio.ensure_future(turn.paused.wait())
+                waiters.add(paused)
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if paused is not None:
+                    paused.cancel()
+            if turn.done.done():
+                out = turn.done.result()
+                status = {"completed": "ok", "interrupted": "interrupted", "budget_exceeded": "interrupted"}.get(out["reason"], "error")
+                return {"status": status, "text": out["text"], "turnId": turn.id, "lastSeq": out["seq"], "permissionIds": []}
+            ids = [pa.approval_id for pa in agent.pending.values() if pa.request.get("turnId") == turn.id]
+            if ids:
+                self.events.flush()
+                await self.store.barrier()
+                return {"status": "paused", "text": "\n\n".join(t for t in turn.texts if t), "turnId": turn.id,
+                        "lastSeq": self.events.last_seq(agent.id), "permissionIds": ids}
+
+    async def h_agent_interrupt(self, params: dict[str, Any]) -> Any:
+        p = parse(a.InterruptParams, params)
+        agent = self.pool.agents.get(p.agent_id)
+        if agent is None:
+            if await self.store.get_agent(p.agent_id) is None:
+                raise not_found("agent", p.agent_id)
+            return {"interrupted": False}
+        return {"interrupted": await agent.interrupt(p.note)}
+
+    async def h_agent_decide(self, params: dict[str, Any]) -> Any:
+        p = parse(a.DecideParams, params)
+        agent = await self.pool.get(p.agent_id, self.deliver)
+        stored = await agent.decide(p.approval_id, p.decision, p.note, False, "client")
+        await stored
+        return {"accepted": True}
+
+    async def h_agent_status(self, params: dict[str, Any]) -> Any:
+        p = parse(a.AgentRef, params)
+        agent = self.pool.agents.get(p.agent_id)
+        if agent is not None:
+            import time
+
+            out = agent.info().wire()
+            out.update(breakpoint=agent.breakpoint, active=True,
+                       idleMs=0 if agent.current else int((time.monotonic() - agent.last_active) * 1000),
+                       pendingApprovals=agent.pending_requests(), usage=agent.usage.wire(), todos=agent.todos)
+            return out
+        row = await self.store.get_agent(p.agent_id)
+        if row is None:
+            raise not_found("agent", p.agent_id)
+        out = row_info(row)
+        pending = [r.request for r in await self.store.load_approvals(p.agent_id, "pending")]
+        out.update(breakpoint="AWAITING_APPROVAL" if pending else "READY", active=False, idleMs=idle_ms(row.updated_at),
+                   pendingApprovals=pending, usage=a.Usage.model_validate(row.runtime.get("usage", {})).wire(),
+                   todos=await self.store.get_todos(p.agent_id))
+        return out
+
+    async def h_agent_list(self, params: dict[str, Any]) -> Any:
+        p = parse(a.ListParams, params)
+        rows, cursor = await self.store.list_agents(p.prefix, p.limit, p.cursor)
+        agents = []
+        for row in rows:
+            live = self.pool.agents.get(row.agent_id)
+            agents.append(live.info().wire() if live else row_info(row))
+        out: dict[str, Any] = {"agents": agents}
+        if cursor:
+            out["nextCursor"] = cursor
+        return out
+
+    async def _settle(self, agent_id: str) -> None:
+        """Make the store reflect everything this process emitted for the agent."""
+        if agent_id in self.pool.agents:
+            self.events.flush()
+            await self.store.barrier()
+        elif await self.store.get_agent(agent_id) is None:
+            raise not_found("agent", agent_id)
+
+    async def h_agent_messages(self, params: dict[str, Any]) -> Any:
+        p = parse(a.MessagesParams, params)
+        await self._settle(p.agent_id)
+        rows, total = await self.store.load_messages(p.agent_id, p.limit, p.before)
+        return {"messages": [{"index": m.index, "role": m.role, "content": m.content, "turnId": m.turn_id,
+                              "createdAt": m.created_at} for m in rows], "total": total}
+
+    async def h_agent_events(self, params: dict[str, Any]) -> Any:
+        p = parse(a.EventsParams, params)
+        await self._settle(p.agent_id)
+        rows = await self.store.read_events(p.agent_id, p.since, p.limit, list(p.channels) if p.channels else None)
+        live = self.pool.agents.get(p.agent_id)
+        last = self.events.last_seq(p.agent_id) if live else (await self.store.get_agent(p.agent_id)).last_seq  # type: ignore[union-attr]
+        return {"events": [json.loads(r.json) for r in rows], "lastSeq": last}
+
+    async def h_agent_fork(self, params: dict[str, Any]) -> Any:
+        p = parse(a.ForkParams, params)
+        row = await self.pool.fork(p.agent_id, p.new_agent_id, p.at_seq)
+        return row_info(row)
+
+    async def h_agent_todos(self, params: dict[str, Any]) -> Any:
+        p = parse(a.TodosParams, params)
+        if p.todos is None:
+            live = self.pool.agents.get(p.agent_id)
+            if live is not None:
+                return {"todos": live.todos}
+            if await self.store.get_agent(p.agent_id) is None:
+                raise not_found("agent", p.agent_id)
+            return {"todos": await self.store.get_todos(p.agent_id)}
+        ids = [t.id for t in p.todos]
+        if len(set(ids)) != len(ids):
+            raise RpcError(INVALID_PARAMS, "todo ids must be unique", "invalid_params",
+                           errors=[{"field": "todos", "message": "duplicate id"}])
+        async with self.lock(p.agent_id):
+            agent = await self.pool.get(p.agent_id, self.deliver)
+            return {"todos": await agent.set_todos([t.wire() for t in p.todos])}
+
+    async def h_agent_delete(self, params: dict[str, Any]) -> Any:
+        p = parse(a.AgentRef, params)
+        async with self.lock(p.agent_id):
+            deleted = await self.pool.delete(p.agent_id)
+        self.events.unsubscribe(p.agent_id, self.deliver)
+        self.sent.pop(p.agent_id, None)
+        return {"deleted": deleted}
+
+    # --- pool, templates, store, metrics ------------------------------------------------------
+    async def h_pool_stats(self, params: dict[str, Any]) -> Any:
+        return self.pool.stats()
+
+    async def h_templates_list(self, params: dict[str, Any]) -> Any:
+        return {"templates": [{"id": t.id, "version": t.version, "description": t.description} for t in TEMPLATES.values()]}
+
+    async def h_store_health(self, params: dict[str, Any]) -> Any:
+        return await self.store.health()
+
+    async def h_store_consistency(self, params: dict[str, Any]) -> Any:
+        p = parse(s.ConsistencyParams, params)
+        await self._settle(p.agent_id)
+        return await self.store.consistency(p.agent_id)
+
+    async def h_store_metrics(self, params: dict[str, Any]) -> Any:
+        return await self.store.metrics()
+
+    async def h_metrics_prometheus(self, params: dict[str, Any]) -> Any:
+        stored = (await self.store.metrics())["storage"]["totalAgents"]
+        return {"contentType": "text/plain; version=0.0.4", "text": self.metrics.exposition(self.pool.stats(), stored)}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether the client process named in `initialize.processId` still runs."""
+    from ..store.sqlite import pid_alive as _alive
+
+    return _alive(pid)
+

@@ -1,0 +1,369 @@
+"""The JSON-RPC connection: frames in, pygls dispatch, frames out.
+
+pygls (`JsonRPCProtocol`) keeps the method table, runs handlers as tasks, and
+matches our `approval/request` with the client's reply. Everything pygls does
+not do for a plain JSON-RPC server is here, in front of it: framing (both
+kinds), parse errors, batches, size limits, `initialize`/`shutdown` gating,
+params that are absent or `[]`, `$/cancelRequest` with dict params, late replies,
+and serialization that keeps `"result": null` and uses byte lengths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import re
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, BinaryIO
+
+from lsprotocol.types import ResponseErrorMessage
+from pygls.exceptions import JsonRpcException
+from pygls.protocol import JsonRPCNotification, JsonRPCProtocol, JsonRPCRequestMessage, JsonRPCResponseMessage
+from pygls.server import JsonRPCServer
+
+from ..protocol.errors import (
+    INTERNAL_ERROR,
+    INPUT_TOO_LARGE,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    NOT_INITIALIZED,
+    OVERLOADED,
+    PARSE_ERROR,
+    REQUEST_CANCELLED,
+    RpcError,
+)
+from ..protocol.methods import REQUESTS
+from .framing import BadFrame, Body, ContentLengthParser, NdjsonParser, TooLarge, encode_content_length, encode_ndjson
+
+log = logging.getLogger(__name__)
+
+MAX_DEPTH = 512
+_ID_IN_HEAD = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class AfterResponse:
+    """A handler result whose `after` callback runs once the response is written
+    (e.g. approvals re-issued after the `agent/resume` response)."""
+
+    def __init__(self, result: Any, after: Callable[[], None]) -> None:
+        self.result = result
+        self.after = after
+
+
+class Output:
+    """Frames to stdout from a writer thread, so a slow client never blocks the loop.
+
+    Everything queued is written in order; `close()` drains the queue first.
+    """
+
+    def __init__(self, stream: BinaryIO, framing: str) -> None:
+        self._stream = stream
+        self._encode = encode_ndjson if framing == "ndjson" else encode_content_length
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="stdout-writer", daemon=True)
+        self._thread.start()
+        self.broken = False
+
+    def send(self, body: bytes) -> None:
+        self._queue.put(self._encode(body))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            chunks: list[bytes] = []
+            stop = item is None
+            if item is not None:
+                chunks.append(item)
+            while not stop:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                else:
+                    chunks.append(nxt)
+            if chunks and not self.broken:
+                try:
+                    self._stream.write(b"".join(chunks))
+                    self._stream.flush()
+                except (BrokenPipeError, OSError, ValueError):
+                    self.broken = True
+                    log.warning("stdout is closed; dropping output")
+            if stop:
+                return
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class KodeProtocol(JsonRPCProtocol):
+    """pygls' JSON-RPC protocol with the contract's serialization and error rules."""
+
+    conn: "Connection"
+
+    def _send_data(self, data: Any) -> None:
+        if isinstance(data, ResponseErrorMessage):
+            err = data.error
+            payload: dict[str, Any] = {"jsonrpc": "2.0", "id": data.id,
+                                       "error": {"code": err.code, "message": err.message}}
+            if err.data is not None:
+                payload["error"]["data"] = err.data
+        elif isinstance(data, JsonRPCResponseMessage):
+            payload = {"jsonrpc": "2.0", "id": data.id, "result": data.result}
+        elif isinstance(data, JsonRPCRequestMessage):
+            payload = {"jsonrpc": "2.0", "id": data.id, "method": data.method, "params": data.params}
+        elif isinstance(data, JsonRPCNotification):
+            payload = {"jsonrpc": "2.0", "method": data.method, "params": data.params}
+        else:
+            payload = data
+        self.conn.output.send(dumps(payload))
+
+    def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
+        self._request_futures.pop(msg_id, None)
+        after: Callable[[], None] | None = None
+        if future.cancelled():
+            self.conn.send_error(msg_id, RpcError(REQUEST_CANCELLED, f"request {msg_id!r} was cancelled", "cancelled"))
+            return
+        exc = future.exception()
+        if exc is None:
+            result = future.result()
+            if isinstance(result, AfterResponse):
+                result, after = result.result, result.after
+            self.conn.output.send(dumps({"jsonrpc": "2.0", "id": msg_id, "result": result}))
+            if after is not None:
+                after()
+            return
+        if isinstance(exc, RpcError):
+            self.conn.send_error(msg_id, exc)
+        elif isinstance(exc, JsonRpcException):
+            self.conn.send_error(msg_id, RpcError(exc.code, exc.message, "rpc_error"))
+        else:
+            log.error("internal error in request %r", msg_id, exc_info=exc)
+            self.conn.send_error(msg_id, RpcError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}", "internal"))
+
+    def _handle_response(self, msg_id: Any, result: Any = None, error: Any = None) -> None:
+        future = self._request_futures.pop(msg_id, None)
+        if future is None or future.done():
+            log.info("ignoring late or unknown response id %r", msg_id)
+            return
+        if error is not None:
+            future.set_exception(JsonRpcException(
+                message=str(error.get("message", "error")) if isinstance(error, dict) else "error",
+                code=error.get("code", INTERNAL_ERROR) if isinstance(error, dict) else INTERNAL_ERROR,
+                data=error.get("data") if isinstance(error, dict) else None,
+            ))
+        else:
+            future.set_result(result)
+
+
+def _dict_converter() -> Any:
+    """pygls needs a converter; ours is never asked to structure params (we hand it dicts)."""
+    from pygls.protocol import default_converter
+
+    return default_converter()
+
+
+class Connection:
+    """Reads frames, validates envelopes, gates on the lifecycle, hands requests to pygls."""
+
+    def __init__(self, output: Output, framing: str) -> None:
+        self.output = output
+        self.server = JsonRPCServer(KodeProtocol, _dict_converter)
+        self.protocol: KodeProtocol = self.server.protocol  # type: ignore[assignment]
+        self.protocol.conn = self
+        self.parser = NdjsonParser() if framing == "ndjson" else ContentLengthParser()
+        self.initialized = False
+        self.initializing = False
+        self.shutting_down = False
+        self.on_exit: Callable[[int], None] = lambda code: None
+        self.on_eof: Callable[[], None] = lambda: None
+
+    # --- registration ------------------------------------------------------
+    def register(self, method: str, handler: Handler) -> None:
+        self.server.feature(method)(handler)
+
+    # --- sending -------------------------------------------------------------
+    def send_error(self, msg_id: Any, err: RpcError) -> None:
+        self.output.send(dumps({"jsonrpc": "2.0", "id": msg_id, "error": err.to_wire()}))
+
+    def send_raw(self, body: bytes) -> None:
+        self.output.send(body)
+
+    def notify(self, method: str, params: Any) -> None:
+        self.output.send(dumps({"jsonrpc": "2.0", "method": method, "params": params}))
+
+    def request(self, method: str, params: Any) -> tuple[str, asyncio.Future[Any]]:
+        """Send a server-to-client request; returns its id and the reply future."""
+        import uuid
+
+        msg_id = f"kode-{uuid.uuid4().hex[:12]}"
+        fut = self.protocol.send_request_async(method, params, msg_id=msg_id)
+        return msg_id, fut
+
+    def cancel_outgoing(self, msg_id: str) -> None:
+        fut = self.protocol._request_futures.pop(msg_id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+        self.notify("$/cancelRequest", {"id": msg_id})
+
+    # --- receiving -------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        for item in self.parser.feed(data):
+            if isinstance(item, Body):
+                self._on_body(item.data)
+            elif isinstance(item, TooLarge):
+                match = _ID_IN_HEAD.search(item.head)
+                if match is None and b'"method"' in item.head:
+                    log.warning("dropped a notification of %d bytes (over 64 MiB)", item.size)
+                    continue
+                msg_id = json.loads(match.group(1)) if match else None
+                self.send_error(msg_id, RpcError(INPUT_TOO_LARGE, f"message of {item.size} bytes is larger than 64 MiB",
+                                                 "too_large", size=item.size))
+            elif isinstance(item, BadFrame):
+                log.warning("bad frame: %s", item.detail)
+                self.send_error(None, RpcError(PARSE_ERROR, f"malformed frame: {item.detail}", item.reason))
+
+    def _on_body(self, body: bytes) -> None:
+        try:
+            msg = json.loads(body)
+        except RecursionError:
+            self.send_error(None, RpcError(INVALID_REQUEST, f"JSON nested deeper than {MAX_DEPTH} levels", "too_deep"))
+            return
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.send_error(None, RpcError(PARSE_ERROR, f"body is not JSON: {exc}", "parse_error"))
+            return
+        if isinstance(msg, list):
+            self.send_error(None, RpcError(INVALID_REQUEST, "batches are not supported", "batch_not_supported"))
+            return
+        if not isinstance(msg, dict):
+            self.send_error(None, RpcError(INVALID_REQUEST, "a message must be a JSON object", "invalid_request"))
+            return
+        if (body.count(b"[") + body.count(b"{")) > MAX_DEPTH and _depth(msg) > MAX_DEPTH:
+            self.send_error(_valid_id(msg.get("id")), RpcError(INVALID_REQUEST, f"JSON nested deeper than {MAX_DEPTH} levels", "too_deep"))
+            return
+        has_id = "id" in msg
+        msg_id = msg.get("id")
+        if "method" not in msg:
+            if has_id and ("result" in msg or "error" in msg) and _valid_id(msg_id) is not None:
+                self.protocol._handle_response(msg_id, msg.get("result"), msg.get("error"))
+            else:
+                self.send_error(_valid_id(msg_id), RpcError(INVALID_REQUEST, "not a request, notification or response", "invalid_request"))
+            return
+        method = msg["method"]
+        if has_id and _valid_id(msg_id) is None:
+            self.send_error(None, RpcError(INVALID_REQUEST, "id must be a string or an integer", "invalid_id"))
+            return
+        if not isinstance(method, str) or msg.get("jsonrpc") != "2.0":
+            if has_id:
+                why = "method must be a string" if not isinstance(method, str) else 'jsonrpc must be "2.0"'
+                self.send_error(msg_id, RpcError(INVALID_REQUEST, why, "invalid_request"))
+            return
+        params = msg.get("params")
+        if params is None or params == []:
+            params = {}
+        if not isinstance(params, dict):
+            if has_id:
+                self.send_error(msg_id, RpcError(INVALID_PARAMS, "params must be an object", "params_not_object",
+                                                 errors=[{"field": "params", "message": "must be an object"}]))
+            return
+        if has_id:
+            self._on_request(msg_id, method, params)
+        else:
+            self._on_notification(method, params)
+
+    def _on_request(self, msg_id: Any, method: str, params: dict[str, Any]) -> None:
+        if self.shutting_down:
+            self.send_error(msg_id, RpcError(OVERLOADED, "the server is shutting down", "shutting_down", retryable=False))
+            return
+        if method == "initialize":
+            if self.initialized or self.initializing:
+                self.send_error(msg_id, RpcError(NOT_INITIALIZED, "already initialized", "already_initialized"))
+                return
+            self.initializing = True
+        elif not self.initialized:
+            self.send_error(msg_id, RpcError(NOT_INITIALIZED, "initialize must be the first request", "not_initialized"))
+            return
+        if method not in REQUESTS:
+            self.send_error(msg_id, RpcError(METHOD_NOT_FOUND, f"unknown method: {method}", "method_not_found", method=method))
+            return
+        self.protocol.handle_message(JsonRPCRequestMessage(id=msg_id, method=method, params=params, jsonrpc="2.0"))
+
+    def _on_notification(self, method: str, params: dict[str, Any]) -> None:
+        if method == "exit":
+            self.on_exit(0 if self.shutting_down else 1)
+        elif self.shutting_down:
+            return
+        elif method == "$/cancelRequest":
+            target = params.get("id")
+            fut = self.protocol._request_futures.get(target) if _valid_id(target) is not None else None
+            if fut is not None and not fut.done():
+                fut.cancel()
+        else:
+            log.debug("ignoring notification %s", method)
+
+    def eof(self) -> None:
+        self.on_eof()
+
+
+def _valid_id(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    return value
+
+
+def _depth(obj: Any) -> int:
+    depth = 0
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        cur, d = stack.pop()
+        depth = max(depth, d)
+        if depth > MAX_DEPTH:
+            return depth
+        if isinstance(cur, dict):
+            stack.extend((v, d + 1) for v in cur.values() if isinstance(v, (dict, list)))
+        elif isinstance(cur, list):
+            stack.extend((v, d + 1) for v in cur if isinstance(v, (dict, list)))
+    return depth
+
+
+def start_stdin_reader(loop: asyncio.AbstractEventLoop, conn: Connection, fd: int = 0) -> threading.Thread:
+    """Read stdin on a thread (portable: anonymous pipes on Windows have no async API)."""
+
+    def run() -> None:
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                loop.call_soon_threadsafe(conn.eof)
+                return
+            loop.call_soon_threadsafe(conn.feed, data)
+
+    thread = threading.Thread(target=run, name="stdin-reader", daemon=True)
+    thread.start()
+    return thread
+
+
+def take_stdout() -> BinaryIO:
+    """The protocol's own handle on fd 1; afterwards fd 1 and `sys.stdout` point at stderr,
+    so a stray print or a child process can never write into the protocol stream."""
+    sys.stdout.flush()
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(proto_fd, "wb", buffering=0)
