@@ -209,6 +209,7 @@ def _migration_1(conn: sqlite3.Connection) -> None:
             created_at TEXT NOT NULL,
             step INTEGER NOT NULL DEFAULT 0,
             reason TEXT,
+            message_json TEXT,
             UNIQUE (agent_id, turn_id)
         )""",
         """CREATE TABLE todos (
@@ -278,7 +279,7 @@ _TOOL_COLUMNS = (
 _APPROVAL_COLUMNS = (
     "agent_id, approval_id, call_id, turn_id, status, request_json, created_at, decided_by, note, decided_at"
 )
-_TURN_COLUMNS = "agent_id, turn_id, message_index, status, created_at, step, reason"
+_TURN_COLUMNS = "agent_id, turn_id, message_index, status, created_at, step, reason, message_json"
 
 _UPDATE_FIELDS: dict[str, tuple[str, bool]] = {
     "state": ("state", False),
@@ -759,14 +760,15 @@ class SQLiteStore(Store):
 
     def put_turn(self, row: TurnRow) -> asyncio.Future[None]:
         """Upsert by (agent_id, turn_id); an update keeps the turn's creation position."""
-        params = (row.agent_id, row.turn_id, row.message_index, row.status, row.created_at, row.step, row.reason)
+        params = (row.agent_id, row.turn_id, row.message_index, row.status, row.created_at, row.step, row.reason,
+                  None if row.message is None else _dumps(row.message))
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO turns ({_TURN_COLUMNS}) VALUES (?,?,?,?,?,?,?) "
+                f"INSERT INTO turns ({_TURN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(agent_id, turn_id) DO UPDATE SET message_index = excluded.message_index, "
                 "status = excluded.status, created_at = excluded.created_at, step = excluded.step, "
-                "reason = excluded.reason",
+                "reason = excluded.reason, message_json = excluded.message_json",
                 params,
             )
 
@@ -1098,7 +1100,8 @@ class SQLiteStore(Store):
         sql += " ORDER BY ord"
 
         def fn(conn: sqlite3.Connection) -> list[TurnRow]:
-            return [TurnRow(*r) for r in conn.execute(sql, params).fetchall()]
+            return [TurnRow(*r[:7], message=None if r[7] is None else json.loads(r[7]))
+                    for r in conn.execute(sql, params).fetchall()]
 
         result: list[TurnRow] = await self._read(fn, "load")
         return result

@@ -1,0 +1,150 @@
+"""Crash durability, resume, leases between processes, and pool hibernation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from kode_rpc.client import RpcError
+
+from .conftest import Spawn, scripted
+from .helpers import assert_gapless, types
+
+
+async def test_sigkill_mid_turn_then_resume_replays_and_continues(spawn: Spawn, work_dir: Path) -> None:
+    c = await spawn(capabilities={"approvals": False})
+    script = scripted(
+        {"text": "one two three", "toolCalls": [{"name": "fs_write", "input": {"path": "a.txt", "content": "A"}},
+                                                {"name": "bash_run", "input": {"cmd": "sleep 30"}}]},
+        {"text": "after approval"},
+    )
+    await c.request("agent/create", {"agentId": "k", "model": script, "sandbox": {"workDir": str(work_dir)},
+                                     "permission": {"mode": "auto", "requireApprovalTools": ["fs_write"]}})
+    await c.request("agent/send", {"agentId": "k", "text": "go"})
+    required = await c.wait_event("k", "permission_required")
+    approval_id = required["event"]["approvalId"]
+    await c.wait_for(lambda: any(e["event"]["call"]["state"] == "EXECUTING" for e in c.events_of("k", "tool:start"))
+                     or any(e["event"]["type"] == "breakpoint_changed" and e["event"]["current"] == "TOOL_EXECUTING"
+                            for e in c.events_of("k")))
+    await asyncio.sleep(0.2)
+    seen = c.events_of("k")
+    last_seen = seen[-1]["seq"]
+    assert_gapless(seen)
+    c.kill()
+    await c.wait_exit()
+
+    c2 = await spawn(capabilities={"approvals": False})
+    since = 3
+    res = await c2.request("agent/resume", {"agentId": "k", "since": since})
+    replayed = [e for e in c2.events_of("k") if e.get("replay")]
+    assert res["replayed"] == len(replayed) >= last_seen - since
+    assert [e["seq"] for e in replayed] == list(range(since + 1, since + 1 + len(replayed)))
+    assert [e for e in seen if e["seq"] > since] == [{k: v for k, v in e.items() if k != "replay"} for e in replayed[: len(seen) - since]]
+    # agent_resumed comes after the replay and before the response
+    resumed = c2.events_of("k", "agent_resumed")[0]
+    resp_idx = next(i for i, m in enumerate(c2.messages) if m.get("result") is res)
+    resumed_idx = next(i for i, m in enumerate(c2.messages) if m.get("params") is resumed)
+    assert resumed_idx < resp_idx and resumed["seq"] == replayed[-1]["seq"] + 1 and not resumed.get("replay")
+    sealed = resumed["event"]["sealed"]
+    assert len(sealed) == 1 and sealed[0].endswith("bash_run")
+    # re-issued approval: same id, after the response
+    again = await c2.wait_for(lambda: [e for e in c2.events_of("k", "permission_required") if not e.get("replay")])
+    assert again[0]["event"]["approvalId"] == approval_id
+    sealed_end = await c2.wait_for(lambda: [e for e in c2.events_of("k", "tool:end") if not e.get("replay")])
+    assert sealed_end[0]["event"]["call"]["state"] == "SEALED"
+    status = await c2.request("agent/status", {"agentId": "k"})
+    assert [p["approvalId"] for p in status["pendingApprovals"]] == [approval_id]
+    await c2.request("agent/decide", {"agentId": "k", "approvalId": approval_id, "decision": "allow"})
+    done = await c2.wait_event("k", "done")
+    assert done["event"]["reason"] == "completed"
+    assert (work_dir / "a.txt").read_text() == "A"
+    everything = c2.events_of("k")
+    assert_gapless(everything, start=since + 1)
+    msgs = (await c2.request("agent/messages", {"agentId": "k"}))["messages"]
+    assert msgs[-1]["content"][0]["text"] == "after approval"
+    results = {b["toolUseId"]: b for b in msgs[2]["content"]}
+    assert len(results) == 2 and all(r["type"] == "tool_result" for r in results.values())
+    assert (await c2.request("store/consistency", {"agentId": "k"}))["consistent"]
+
+
+async def test_sigkill_without_approval_ends_turn_interrupted(spawn: Spawn, work_dir: Path) -> None:
+    c = await spawn()
+    await c.request("agent/create", {"agentId": "z", "model": scripted({"toolCalls": [{"name": "bash_run", "input": {"cmd": "sleep 30"}}]}),
+                                     "sandbox": {"workDir": str(work_dir)}, "permission": {"mode": "auto"}})
+    await c.request("agent/send", {"agentId": "z", "text": "go"})
+    await c.wait_for(lambda: any(e["event"]["type"] == "breakpoint_changed" and e["event"]["current"] == "TOOL_EXECUTING"
+                                 for e in c.events_of("z")))
+    queued = await c.request("agent/send", {"agentId": "z", "text": "queued one"})
+    assert queued["queued"] is True
+    c.kill()
+    await c.wait_exit()
+
+    c2 = await spawn()
+    await c2.request("agent/resume", {"agentId": "z", "since": 0})
+    await c2.wait_for(lambda: len([e for e in c2.events_of("z", "done") if not e.get("replay")]) == 2)
+    live = [e for e in c2.events_of("z") if not e.get("replay")]
+    dones = [e for e in live if e["event"]["type"] == "done"]
+    assert dones[0]["event"]["reason"] == "interrupted" and dones[1]["event"]["reason"] == "completed"
+    assert dones[1]["turnId"] == queued["turnId"], "the acknowledged queued send ran after resume"
+    t = types(live)
+    assert t.index("tool:end") < t.index("done")
+    assert_gapless(c2.events_of("z"))
+    assert (await c2.request("store/consistency", {"agentId": "z"}))["consistent"]
+
+
+async def test_resume_without_since_replays_nothing_and_manual_strategy(spawn: Spawn) -> None:
+    c = await spawn()
+    await c.request("agent/create", {"agentId": "r"})
+    await c.request("agent/complete", {"agentId": "r", "text": "hi"})
+    last = c.events_of("r")[-1]["seq"]
+    await c.close()
+    c2 = await spawn()
+    res = await c2.request("agent/resume", {"agentId": "r", "strategy": "manual"})
+    assert res["replayed"] == 0 and res["lastSeq"] == last + 1
+    assert [e["seq"] for e in c2.events_of("r")] == [last + 1]
+    assert c2.events_of("r")[0]["event"] == {"type": "agent_resumed", "strategy": "manual", "sealed": []}
+    again = await c2.request("agent/resume", {"agentId": "r", "since": last})
+    assert again["replayed"] == 1
+    with pytest.raises(RpcError) as err:
+        await c2.request("agent/resume", {"agentId": "nobody"})
+    assert err.value.code == -32002
+
+
+async def test_two_servers_cannot_run_the_same_agent(spawn: Spawn) -> None:
+    a = await spawn()
+    await a.request("agent/create", {"agentId": "shared"})
+    b = await spawn()
+    with pytest.raises(RpcError) as err:
+        await b.request("agent/send", {"agentId": "shared", "text": "hi"})
+    assert err.value.code == -32012 and err.value.data["pid"] == a.proc.pid
+    with pytest.raises(RpcError) as err:
+        await b.request("agent/resume", {"agentId": "shared", "since": 0})
+    assert err.value.code == -32012
+    # reads do not need the lease
+    assert (await b.request("agent/status", {"agentId": "shared"}))["active"] is False
+    a.kill()
+    await a.wait_exit()
+    res = await b.request("agent/complete", {"agentId": "shared", "text": "mine now"})
+    assert res["status"] == "ok", "a dead owner's lease is taken over at once"
+
+
+async def test_pool_hibernates_lru_and_resumes_transparently(spawn: Spawn) -> None:
+    c = await spawn("--max-agents", "2")
+    for name in ("h1", "h2", "h3"):
+        await c.request("agent/create", {"agentId": name})
+        await c.request("agent/complete", {"agentId": name, "text": f"hi {name}"})
+    stats = await c.request("pool/stats")
+    assert stats["active"] == 2 and stats["hibernated"] == 1 and stats["maxAgents"] == 2
+    status = await c.request("agent/status", {"agentId": "h1"})
+    assert status["active"] is False and status["messageCount"] == 2
+    assert (await c.request("pool/stats"))["hibernated"] == 1, "status does not activate"
+    before = c.events_of("h1")[-1]["seq"]
+    res = await c.request("agent/complete", {"agentId": "h1", "text": "back"})
+    assert res["status"] == "ok" and res["text"] == "back"
+    after = [e for e in c.events_of("h1") if e["seq"] > before]
+    assert after[0]["seq"] == before + 1, "seq continues across hibernation"
+    assert_gapless(c.events_of("h1"))
+    assert (await c.request("agent/status", {"agentId": "h1"}))["active"] is True
+    assert (await c.request("pool/stats"))["active"] == 2

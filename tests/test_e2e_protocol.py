@@ -1,0 +1,182 @@
+"""Transport and lifecycle over real pipes: every bad input gets the right error and the server lives on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from kode_rpc.client import RpcClient, RpcError
+
+from .conftest import Spawn
+
+
+async def raw_reply(c: RpcClient, data: bytes, count: int = 1, timeout: float = 10) -> list[dict]:
+    """Write raw bytes and collect the next `count` responses (messages without a method)."""
+    start = len(c.messages)
+    c.write_raw(data)
+    await c.wait_for(lambda: len([m for m in c.messages[start:] if "method" not in m]) >= count, timeout)
+    return [m for m in c.messages[start:] if "method" not in m]
+
+
+def frame(body: bytes) -> bytes:
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+async def assert_alive(c: RpcClient) -> None:
+    assert (await c.request("pool/stats"))["maxAgents"] == 50
+
+
+async def test_requests_before_initialize_get_32003(spawn: Spawn) -> None:
+    c = await spawn(init=False)
+    for method in ("agent/list", "no/such/method"):
+        with pytest.raises(RpcError) as err:
+            await c.request(method, {})
+        assert err.value.code == -32003 and err.value.data["reason"] == "not_initialized"
+    with pytest.raises(RpcError) as err:
+        await c.request("initialize", {"protocolVersion": 2})
+    assert err.value.code == -32014 and err.value.data["supported"] == [1]
+    init = await c.initialize()
+    assert init["protocolVersion"] == 1 and init["serverInfo"]["name"] == "kode-rpc"
+    assert os.path.isabs(init["dataDir"]) and "echo" in init["capabilities"]["providers"]
+    assert set(init["capabilities"]["framings"]) == {"content-length", "ndjson"}
+    with pytest.raises(RpcError) as err:
+        await c.initialize()
+    assert err.value.code == -32003 and err.value.data["reason"] == "already_initialized"
+
+
+async def test_malformed_input_gets_errors_and_server_survives(spawn: Spawn) -> None:
+    c = await spawn()
+    [r] = await raw_reply(c, frame(b"{not json"))
+    assert r["id"] is None and r["error"]["code"] == -32700 and r["error"]["data"]["reason"] == "parse_error"
+    [r] = await raw_reply(c, frame(b"\xff\xfe\x00garbage"))
+    assert r["error"]["code"] == -32700
+    [r] = await raw_reply(c, frame(b'[{"jsonrpc":"2.0","id":1,"method":"pool/stats"}]'))
+    assert r["id"] is None and r["error"]["code"] == -32600 and r["error"]["data"]["reason"] == "batch_not_supported"
+    [r] = await raw_reply(c, frame(b"42"))
+    assert r["error"]["code"] == -32600
+    [r] = await raw_reply(c, frame(b'{"jsonrpc":"2.0","id":7,"method":"agent/nope"}'))
+    assert r["id"] == 7 and r["error"]["code"] == -32601 and r["error"]["data"]["reason"] == "method_not_found"
+    [r] = await raw_reply(c, frame(b'{"jsonrpc":"2.0","id":8,"method":"agent/status","params":{"agentId":"bad/id"}}'))
+    assert r["error"]["code"] == -32602 and r["error"]["data"]["errors"][0]["field"] == "agentId"
+    [r] = await raw_reply(c, frame(b'{"jsonrpc":"2.0","id":9,"method":"agent/create","params":{"model":{"provider":"nope"},"sandbox":{"workDir":"rel"}}}'))
+    fields = {e["field"] for e in r["error"]["data"]["errors"]}
+    assert {"model.provider", "sandbox.workDir"} <= fields
+    [r] = await raw_reply(c, frame(b'{"jsonrpc":"2.0","id":10,"method":"agent/send","params":[1,2]}'))
+    assert r["error"]["code"] == -32602
+    [r] = await raw_reply(c, frame(b'{"jsonrpc":"2.0","id":true,"method":"pool/stats"}'))
+    assert r["id"] is None and r["error"]["code"] == -32600
+    [r] = await raw_reply(c, b"Bogus-Header\r\n\r\n")
+    assert r["id"] is None and r["error"]["data"]["reason"] == "malformed_header"
+    deep = b'{"jsonrpc":"2.0","id":11,"method":"pool/stats","params":{"x":' + b"[" * 600 + b"]" * 600 + b"}}"
+    [r] = await raw_reply(c, frame(deep))
+    assert r["error"]["code"] == -32600 and r["error"]["data"]["reason"] == "too_deep"
+    # unknown notifications are ignored silently; nothing comes back
+    c.notify("$/setTrace", {"value": "off"})
+    c.notify("initialized", {})
+    await assert_alive(c)
+    assert not [m for m in c.messages if "error" in m and m["id"] not in (None, 7, 8, 9, 10, 11)]
+    assert c.stray == b""
+
+
+async def test_ids_and_empty_params(spawn: Spawn) -> None:
+    c = await spawn()
+    [r] = await raw_reply(c, frame(b'{"jsonrpc":"2.0","id":0,"method":"pool/stats"}'))
+    assert r["id"] == 0 and isinstance(r["id"], int) and "result" in r
+    [r] = await raw_reply(c, frame(b'{"jsonrpc":"2.0","id":"0","method":"pool/stats","params":[]}'))
+    assert r["id"] == "0" and "result" in r
+    [r] = await raw_reply(c, frame(b'{"jsonrpc":"2.0","id":"x","method":"templates/list"}'))
+    assert r["id"] == "x" and r["result"]["templates"]
+
+
+async def test_oversized_message_gets_32013(spawn: Spawn) -> None:
+    c = await spawn()
+    big = b'{"jsonrpc":"2.0","id":99,"method":"agent/send","params":{"agentId":"x","text":"' + b"a" * (64 * 1024 * 1024 + 10) + b'"}}'
+    [r] = await raw_reply(c, frame(big), timeout=60)
+    assert r["id"] == 99 and r["error"]["code"] == -32013
+    await assert_alive(c)
+
+
+async def test_cancel_request_answers_32800_and_turn_goes_on(spawn: Spawn) -> None:
+    c = await spawn()
+    await c.request("agent/create", {"agentId": "cx", "model": {"provider": "scripted", "script": [{"text": "slow", "delayMs": 500}]}})
+    task = asyncio.create_task(c.request("agent/complete", {"agentId": "cx", "text": "go"}, msg_id=555))
+    await c.wait_event("cx", "breakpoint_changed")
+    c.notify("$/cancelRequest", {"id": 555})
+    with pytest.raises(RpcError) as err:
+        await task
+    assert err.value.code == -32800
+    done = await c.wait_event("cx", "done")
+    assert done["event"]["reason"] == "completed"
+
+
+async def test_ndjson_framing(spawn: Spawn) -> None:
+    c = await spawn(framing="ndjson")
+    await c.request("agent/create", {"agentId": "n"})
+    res = await c.request("agent/complete", {"agentId": "n", "text": "über ✓"})
+    assert res["text"] == "über ✓"
+    start = len(c.messages)
+    c.write_raw(b"not json\r\n")
+    await c.wait_for(lambda: len(c.messages) > start)
+    assert c.messages[start]["error"]["code"] == -32700
+    await assert_alive(c)
+
+
+async def test_shutdown_then_exit_codes(spawn: Spawn) -> None:
+    c = await spawn()
+    assert await c.request("shutdown") is None
+    with pytest.raises(RpcError) as err:
+        await c.request("agent/list")
+    assert err.value.code == -32001 and err.value.data["reason"] == "shutting_down"
+    c.notify("exit")
+    assert await c.wait_exit() == 0
+
+    c2 = await spawn()
+    c2.notify("exit")
+    assert await c2.wait_exit() == 1
+
+    c3 = await spawn()
+    assert c3.proc.stdin is not None
+    c3.proc.stdin.close()
+    assert await c3.wait_exit() == 0
+
+    c4 = await spawn()
+    c4.proc.send_signal(signal.SIGTERM)
+    assert await c4.wait_exit() == 0
+
+
+async def test_exits_when_parent_process_dies(spawn: Spawn) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    c = await spawn(processId=parent.pid)
+    parent.kill()
+    parent.wait()
+    assert await c.wait_exit(timeout=8) == 0
+
+
+async def test_stray_print_cannot_reach_stdout(spawn: Spawn, work_dir) -> None:
+    """A tool subprocess writing to fd 1 of the server must not corrupt the stream."""
+    c = await spawn()
+    await c.request("agent/create", {"agentId": "p", "sandbox": {"workDir": str(work_dir)}, "permission": {"mode": "auto"},
+                                     "model": {"provider": "scripted", "script": [{"toolCalls": [{"name": "bash_run", "input": {"cmd": "echo to-stdout; echo to-stderr >&2"}}]}]}})
+    await c.request("agent/complete", {"agentId": "p", "text": "go"})
+    outs = {e["event"]["stream"]: e["event"]["delta"] for e in c.events_of("p", "tool:output")}
+    assert outs == {"stdout": "to-stdout\n", "stderr": "to-stderr\n"}
+    assert c.stray == b""
+
+
+def test_schema_command_exports_every_method() -> None:
+    out = subprocess.run([sys.executable, "-m", "kode_rpc", "schema"], capture_output=True, check=True)
+    schema = json.loads(out.stdout)
+    assert {"initialize", "agent/send", "agent/event", "approval/request"} <= set(schema["methods"])
+    ref = schema["methods"]["agent/create"]["params"]["$ref"].split("/")[-1]
+    assert "agentId" in schema["$defs"][ref]["properties"]
+
+
+def test_version_flag() -> None:
+    out = subprocess.run([sys.executable, "-m", "kode_rpc", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("kode-rpc ")
