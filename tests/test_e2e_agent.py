@@ -335,3 +335,15 @@ async def test_events_query_and_observability(spawn: Spawn) -> None:
     assert "default" in [t["id"] for t in tpl["templates"]]
     prom = await c.request("metrics/prometheus")
     assert "kode_agents_total 1" in prom["text"] and 'kode_turns_total{reason="completed"} 1' in prom["text"]
+
+
+async def test_tool_output_is_bounded(spawn: Spawn, work_dir: Path) -> None:
+    c = await spawn()
+    cmd = "python3 -c \"import sys; sys.stdout.write('x' * (3 * 1024 * 1024))\""
+    await c.request("agent/create", {"agentId": "big", "sandbox": {"workDir": str(work_dir)}, "permission": {"mode": "auto"},
+                                     "model": scripted({"toolCalls": [{"name": "bash_run", "input": {"cmd": cmd}}]})})
+    await c.request("agent/complete", {"agentId": "big", "text": "go"}, timeout=60)
+    outs = [e["event"] for e in c.events_of("big", "tool:output")]
+    sizes = [len(o["delta"].encode()) for o in outs]
+    assert max(sizes) <= 64 * 1024 and sum(sizes) == 1024 * 1024
+    assert outs[-1]["truncated"] is True and not any(o["truncated"] for o in outs[:-1])

@@ -148,3 +148,79 @@ async def test_pool_hibernates_lru_and_resumes_transparently(spawn: Spawn) -> No
     assert_gapless(c.events_of("h1"))
     assert (await c.request("agent/status", {"agentId": "h1"}))["active"] is True
     assert (await c.request("pool/stats"))["active"] == 2
+
+
+async def test_graceful_restart_keeps_pending_approval_and_reissues_request(spawn: Spawn, work_dir: Path) -> None:
+    c = await spawn()
+    first: list[dict] = []
+
+    async def hold(params: dict) -> dict:
+        first.append(params)
+        await asyncio.sleep(60)
+        return {"decision": "deny"}
+
+    c.on_approval = hold
+    await c.request("agent/create", {"agentId": "g", "sandbox": {"workDir": str(work_dir)}, "permission": {"mode": "approval"},
+                                     "model": scripted({"toolCalls": [{"name": "fs_write", "input": {"path": "g.txt", "content": "G"}}]}, {"text": "written"})})
+    await c.request("agent/send", {"agentId": "g", "text": "go"})
+    await c.wait_for(lambda: c.server_requests)
+    await asyncio.sleep(0.05)
+    assert first and await c.close() == 0
+
+    c2 = await spawn()
+    second: list[dict] = []
+
+    async def allow(params: dict) -> dict:
+        second.append(params)
+        return {"decision": "allow"}
+
+    c2.on_approval = allow
+    res = await c2.request("agent/resume", {"agentId": "g", "since": 0})
+    assert res["replayed"] > 0
+    done = await c2.wait_for(lambda: [e for e in c2.events_of("g", "done") if not e.get("replay")])
+    assert done[0]["event"]["reason"] == "completed"
+    assert [p["approvalId"] for p in second] == [first[0]["approvalId"]]
+    req_idx = next(i for i, m in enumerate(c2.messages) if m.get("method") == "approval/request")
+    resp_idx = next(i for i, m in enumerate(c2.messages) if m.get("result") is res)
+    assert resp_idx < req_idx, "pending approvals are re-issued after the resume response"
+    assert (work_dir / "g.txt").read_text() == "G"
+    assert not [e for e in c2.events_of("g", "permission_decided") if e["event"]["decidedBy"] == "interrupt"]
+
+
+async def test_error_or_malformed_approval_reply_means_deny(spawn: Spawn, work_dir: Path) -> None:
+    c = await spawn()
+    replies = iter(["error", "garbage"])
+
+    async def bad(params: dict) -> dict:
+        kind = next(replies)
+        if kind == "error":
+            raise RuntimeError("client blew up")
+        return {"decision": "maybe"}
+
+    c.on_approval = bad
+    call = {"name": "bash_run", "input": {"cmd": "touch should-not-exist"}}
+    await c.request("agent/create", {"agentId": "e", "sandbox": {"workDir": str(work_dir)}, "permission": {"mode": "approval"},
+                                     "model": scripted({"toolCalls": [call, dict(call)]})})
+    await c.request("agent/complete", {"agentId": "e", "text": "go"})
+    states = [e["event"]["call"]["state"] for e in c.events_of("e", "tool:end")]
+    assert states == ["DENIED", "DENIED"]
+    assert not (work_dir / "should-not-exist").exists()
+
+
+async def test_manual_resume_leaves_turn_until_interrupt(spawn: Spawn, work_dir: Path) -> None:
+    c = await spawn()
+    await c.request("agent/create", {"agentId": "mn", "sandbox": {"workDir": str(work_dir)}, "permission": {"mode": "auto"},
+                                     "model": scripted({"toolCalls": [{"name": "bash_run", "input": {"cmd": "sleep 30"}}]})})
+    await c.request("agent/send", {"agentId": "mn", "text": "go"})
+    await c.wait_for(lambda: any(e["event"]["type"] == "breakpoint_changed" and e["event"]["current"] == "TOOL_EXECUTING"
+                                 for e in c.events_of("mn")))
+    c.kill()
+    await c.wait_exit()
+    c2 = await spawn()
+    await c2.request("agent/resume", {"agentId": "mn", "strategy": "manual"})
+    await asyncio.sleep(0.3)
+    assert not c2.events_of("mn", "done") and c2.events_of("mn", "agent_resumed")[0]["event"]["sealed"] == []
+    assert (await c2.request("agent/interrupt", {"agentId": "mn"})) == {"interrupted": True}
+    done = await c2.wait_event("mn", "done")
+    assert done["event"]["reason"] == "interrupted"
+    assert (await c2.request("store/consistency", {"agentId": "mn"}))["consistent"]

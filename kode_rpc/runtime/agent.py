@@ -454,8 +454,8 @@ class Agent:
                     task.cancel()
             if tasks:
                 await asyncio.wait(tasks)
-            self._append_message("tool", [run.result_block() for run in calls], turn.id)
-            if not turn.detach:
+            if not turn.detach:  # a detached turn resumes from its stored tool records
+                self._append_message("tool", [run.result_block() for run in calls], turn.id)
                 self._set_breakpoint("POST_TOOL", turn.id)
 
     async def _run_call(self, turn: Turn, run: CallRun) -> None:
