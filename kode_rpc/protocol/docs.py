@@ -1,0 +1,229 @@
+"""Render `docs/protocol.md` from the models, so the document cannot drift from the code.
+
+`python -m kode_rpc.protocol.docs > docs/protocol.md`; a test fails when the
+committed file differs from what this prints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import agents, approvals, events, system
+from .errors import (
+    AGENT_LOCKED,
+    APPROVAL_NOT_PENDING,
+    INPUT_TOO_LARGE,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    NOT_FOUND,
+    NOT_INITIALIZED,
+    OVERLOADED,
+    PARSE_ERROR,
+    PROVIDER_ERROR,
+    REQUEST_CANCELLED,
+    UNSUPPORTED_PROTOCOL,
+)
+from .methods import METHODS
+
+PREAMBLE = """\
+# kode-rpc protocol v1
+
+This page is generated from the pydantic models in `kode_rpc/protocol/`
+(`python -m kode_rpc.protocol.docs > docs/protocol.md`; a test keeps it in sync).
+The binding contract is `shared/design/protocol.md`; this page adds every field
+of every message and the choices kode-rpc makes where the contract is silent.
+The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
+
+## Transport
+
+- JSON-RPC 2.0 on the server's stdin/stdout, UTF-8. Default framing is the LSP base
+  protocol (`Content-Length: N\\r\\n\\r\\n` + N bytes; `N` counts bytes, other headers
+  are ignored); `kode-rpc --framing ndjson` reads and writes one JSON object per line.
+- Absent `params` and `params: []` mean `{}`; any other non-object `params` is `-32602`.
+- A response carries the request's `id` exactly as sent (`0` and `"0"` differ). An `id`
+  that is not a string or an integer (e.g. `true`, `1.5`, `null` on a request) gets
+  `-32600` with `id: null`.
+- Bodies over 64 MiB are skipped while reading; requests get `-32013` (with the `id` when
+  it appears in the first 4 KiB), notifications are dropped with a log line.
+- A header block without a valid `Content-Length` gets `-32700` with
+  `data.reason = "malformed_header"`, and reading continues after it.
+- JSON nested deeper than 512 levels gets `-32600` (`too_deep`).
+- stdout carries frames only: at start the server takes its own handle on fd 1 and points
+  fd 1 and `sys.stdout` at stderr, so a stray `print` or child process cannot corrupt the
+  stream. Logs go to stderr and `kode-rpc.log` in the user log dir (`KODE_LOG_DIR`).
+- Requests run concurrently. Requests that name the same agent and change it
+  (`agent/create`, `resume`, `send`, `complete`, `todos` with a list, `delete`) start in
+  arrival order, so a pipelined `agent/create` + `agent/send` works without waiting.
+
+## Choices where the contract is silent
+
+- **Subscriptions.** `agent/create`, `agent/resume`, `agent/send`, `agent/complete`,
+  `agent/decide` and `agent/todos` (setting) subscribe the connection to the agent
+  before they act. There is no unsubscribe short of `agent/delete`.
+- **First event.** `agent/create` emits `state_changed {state: "READY"}` as `seq` 1.
+- **Streaming.** `echo` and `scripted` yield to the event loop between words/chunks, so
+  each is normally its own `text_chunk`; deltas ready in the same loop tick may be merged
+  (never split or reordered; a merged delta stays under 64 KiB).
+- **`agent/send`** returns `messageId` = `msg_` + the turn id's suffix. The message joins
+  the conversation when its turn starts (a send during a running turn cannot land between
+  a `tool_use` and its `tool_result`); until then it is stored with the queued turn.
+  `kind: "reminder"` sends the text wrapped in `<system-reminder>...</system-reminder>`
+  as a user message.
+- **`agent/complete`** maps `done.reason` to `status`: `completed` -> `ok`;
+  `interrupted` and `budget_exceeded` -> `interrupted`; `error` and `max_steps` ->
+  `error`. `text` is the non-empty texts of the turn's model steps joined by a blank line.
+- **`agent/interrupt`** ends the running turn only; sends queued behind it still run. An
+  agent not in memory is not loaded (`{interrupted: false}`). Running tool calls end
+  `FAILED` (`errorType: "interrupted"`); calls waiting on approval end `DENIED`.
+- **Approvals.** `remember: true` with `allow` puts the tool on the agent's *remembered*
+  list, checked after `denyTools` and `allowTools` and before `requireApprovalTools` and
+  the mode. It is kept apart from `allowTools` because adding one tool to an empty
+  `allowTools` would turn it into a whitelist that denies everything else. When a
+  decision comes from anywhere but the client's reply (timeout, `agent/decide`,
+  interrupt), the outstanding `approval/request` is cancelled with `$/cancelRequest`.
+  `approval/request` ids are strings `kode-...`.
+- **Read-only tools** (run without asking in `readonly` mode): `fs_read`, `fs_glob`,
+  `fs_grep`, `bash_logs`, `todo_read`, `todo_write` (todos are the agent's own plan and
+  change nothing in the workspace).
+- **Templates.** `default`: all tools, `readonly` mode. `auto`: all tools, `auto` mode.
+  `reader`: read/search tools only. Without `sandbox`, `workDir` is the first
+  `initialize.workspaceFolders` entry, else `<dataDir>/workspaces/<agentId>`.
+  A turn ends with `done {reason: "max_steps"}` after 50 model calls.
+- **Tool results** are `{ok, data?, error?, errorType?, retryable?}`. `errorType` values:
+  `boundary`, `not_found`, `ambiguous`, `invalid_input`, `binary`, `timeout`,
+  `exit_code`, `denied`, `interrupted`, `sealed`, `unknown_tool`, `tool_error`, `io`.
+  `tool:output` limits count UTF-8 bytes.
+- **Usage.** `echo` and `scripted` estimate tokens at 4 characters a token unless a
+  script step gives `usage`; their `costUsd` is 0. `budget.maxTokens` is exceeded when
+  input + output tokens go *over* it; tool calls of that last step are not run (their
+  results say so).
+- **Crash recovery.** Loading an agent for any request other than `agent/resume` applies
+  the `crash` strategy and emits `agent_resumed` when it found unfinished work.
+  `strategy: "manual"` leaves a turn without pending approvals stalled until
+  `agent/interrupt` (which seals its calls and ends it); queued turns wait behind it. A
+  turn paused on approvals continues once answered, whatever the strategy. Sealed calls
+  get `errorType: "sealed"`. Events emitted while a resume replays are sent after the
+  replay, never twice.
+- **Graceful shutdown** interrupts running turns, except a turn whose only open work is
+  waiting on approvals: it stays pending in the store, exactly as after a crash, and its
+  approvals are re-issued with the same ids after the next `agent/resume`.
+- **Pool.** When every agent in memory is busy and another must load, the request gets
+  `-32001` (`pool_full`, `retryable: true`). Hibernation kills the agent's background
+  shells. `pool/stats.hibernated` counts agents this process hibernated that are not
+  back in memory.
+- **Leases** last 30 s and are renewed every 10 s while the agent is in memory; a lease
+  whose holder pid is gone on the same host is taken over at once. `-32012` carries
+  `data.pid` and `data.host`.
+- **`agent/fork`** copies messages up to the event at `atSeq` (all when absent), todos and
+  events `<= atSeq` under the new id (their `seq` numbers kept); the copy is not loaded
+  into memory. Without `atSeq` the `scripted` position is copied too.
+- **`agent/list`** pages by id; `nextCursor` is the last id of the page when more follow.
+- **`agent/messages`** returns the last `limit` messages with `index < before`; `total`
+  counts all of the agent's messages.
+- **`metrics/prometheus`** exposes `kode_agents_total`, `kode_agents_active`,
+  `kode_agents_working`, `kode_tokens_total{kind}`, `kode_errors_total{phase}`,
+  `kode_turns_total{reason}` and the histogram `kode_tool_duration_seconds`.
+- Not built yet: the `anthropic` and `openai` providers (`agent/create` naming one gets
+  `-32602` on `model.provider`; `initialize.capabilities.providers` lists what runs), ACP mode (`initialize` reports
+  `acp: false`), file watching (`file_changed` comes from the file tools themselves),
+  context compression (no `context_compression` events are emitted).
+"""
+
+ERRORS = [
+    (PARSE_ERROR, "parse error: body is not JSON, or a malformed frame", "parse_error, malformed_header"),
+    (INVALID_REQUEST, "invalid request", "invalid_request, batch_not_supported, invalid_id, too_deep"),
+    (METHOD_NOT_FOUND, "method not found", "method_not_found"),
+    (INVALID_PARAMS, "invalid params; `data.errors = [{field, message}]`", "invalid_params, params_not_object, agent_exists, provider_unavailable"),
+    (INTERNAL_ERROR, "the server's own fault (never for bad input)", "internal"),
+    (REQUEST_CANCELLED, "request cancelled by `$/cancelRequest`", "cancelled"),
+    (OVERLOADED, "overloaded or shutting down (not LSP's UnknownErrorCode)", "shutting_down, pool_full"),
+    (NOT_FOUND, "agent, template or approval not found (not LSP's ServerNotInitialized)", "agent_not_found, template_not_found, approval_not_found"),
+    (NOT_INITIALIZED, "not initialized / already initialized", "not_initialized, already_initialized"),
+    (APPROVAL_NOT_PENDING, "approval already decided; `data.recordedDecision`", "approval_not_pending"),
+    (AGENT_LOCKED, "agent run by another process; `data.pid`, `data.host`", "agent_locked"),
+    (INPUT_TOO_LARGE, "message larger than 64 MiB", "too_large"),
+    (UNSUPPORTED_PROTOCOL, "unsupported protocolVersion; `data.supported = [1]`", "unsupported_protocol"),
+    (PROVIDER_ERROR, "provider error; `data.type`, `data.retryable` (real providers, not built yet)", "provider_error"),
+]
+
+
+def _type(prop: dict[str, Any]) -> str:
+    if "$ref" in prop:
+        return prop["$ref"].split("/")[-1]
+    if "const" in prop:
+        return f'"{prop["const"]}"'
+    if "enum" in prop:
+        return " \\| ".join(f'"{v}"' for v in prop["enum"])
+    if "anyOf" in prop or "oneOf" in prop:
+        parts = [_type(p) for p in prop.get("anyOf", prop.get("oneOf", [])) if p.get("type") != "null"]
+        return " \\| ".join(parts) or "null"
+    t = prop.get("type")
+    if t == "array":
+        return f"[{_type(prop.get('items', {}))}]"
+    if t == "object" or t is None:
+        return "object" if t else "any"
+    return {"integer": "int", "number": "number", "string": "string", "boolean": "bool"}.get(t, str(t))
+
+
+def _fields(model: type[BaseModel]) -> str:
+    schema = model.model_json_schema(by_alias=True, mode="serialization", ref_template="{model}")
+    props = schema.get("properties", {})
+    if not props:
+        return "_no fields_\n"
+    required = set(schema.get("required", []))
+    rows = ["| field | type | required | default |", "|---|---|---|---|"]
+    for name, prop in props.items():
+        default = prop.get("default", "")
+        default_text = "" if name in required or "default" not in prop else f"`{json.dumps(default)}`"
+        rows.append(f"| `{name}` | {_type(prop)} | {'yes' if name in required else ''} | {default_text} |")
+    return "\n".join(rows) + "\n"
+
+
+def _models() -> list[type[BaseModel]]:
+    seen: list[type[BaseModel]] = []
+    for module in (system, agents, approvals, events):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__:
+                if value not in seen and value.__name__ not in ("WireModel", "OpenModel"):
+                    seen.append(value)
+    return seen
+
+
+def render() -> str:
+    out = [PREAMBLE, "## Methods\n"]
+    out.append("| method | direction | kind | params | result | what it does |")
+    out.append("|---|---|---|---|---|---|")
+    for m in METHODS.values():
+        result = m.result.__name__ if m.result else "null"
+        out.append(f"| `{m.name}` | {m.direction} | {m.kind} | {m.params.__name__} | {result} | {m.summary} |")
+    out.append("\n## Errors\n")
+    out.append("Every error has `data.reason`.\n")
+    out.append("| code | meaning | `data.reason` values |")
+    out.append("|---|---|---|")
+    for code, meaning, reasons in ERRORS:
+        out.append(f"| `{code}` | {meaning} | {reasons} |")
+    out.append("\n## Events\n")
+    out.append("`agent/event` params are an `EventEnvelope`; `event` is one of the types below, on the channel shown.\n")
+    out.append("| type | channel | model |")
+    out.append("|---|---|---|")
+    for model in events.Event.__args__[0].__args__:  # type: ignore[attr-defined]
+        etype = model.model_fields["type"].default
+        out.append(f"| `{etype}` | {events.channel_of(etype)} | {model.__name__} |")
+    out.append("\n## Types\n")
+    for model in _models():
+        doc = (model.__doc__ or "").strip().splitlines()
+        out.append(f"### {model.__name__}\n")
+        if doc and not doc[0].startswith(("Usage docs", "!!!", "A base class")):
+            out.append(doc[0] + "\n")
+        out.append(_fields(model))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
