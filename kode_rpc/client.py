@@ -52,12 +52,22 @@ class RpcClient:
 
     @classmethod
     async def spawn(cls, *args: str, env: dict[str, str] | None = None, framing: str = "content-length",
-                    stderr: Any = None, cwd: str | None = None) -> "RpcClient":
+                    stderr: Any = None, cwd: str | None = None, new_session: bool = False) -> "RpcClient":
+        """Start a server. `new_session` puts it in its own session/process group, so a
+        terminal's Ctrl-C reaches only the client (which then sends `agent/interrupt`)."""
         cmd = server_command(*args, *(["--framing", "ndjson"] if framing == "ndjson" else []))
+        extra: dict[str, Any] = {}
+        if new_session:
+            if sys.platform == "win32":
+                import subprocess
+
+                extra["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+            else:
+                extra["start_new_session"] = True
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=stderr if stderr is not None else asyncio.subprocess.DEVNULL,
-            env=env, cwd=cwd, limit=1 << 26,
+            env=env, cwd=cwd, limit=1 << 26, **extra,
         )
         return cls(proc, framing)
 
@@ -74,6 +84,8 @@ class RpcClient:
             self.write_raw(b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
     async def request(self, method: str, params: Any = None, *, timeout: float = 30.0, msg_id: Any = None) -> Any:
+        if self._reader.done():
+            raise ConnectionError("server closed its stdout")
         msg_id = next(self._ids) if msg_id is None else msg_id
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut
@@ -157,12 +169,20 @@ class RpcClient:
             self._changed.notify_all()
 
     async def _answer(self, msg: dict[str, Any]) -> None:
-        if msg["method"] == "approval/request" and self.on_approval is not None:
+        """Answer every server request: a request nobody handles gets an error (the server
+        treats an error reply to `approval/request` as deny), never silence."""
+        try:
+            if msg["method"] != "approval/request" or self.on_approval is None:
+                self.write({"jsonrpc": "2.0", "id": msg["id"],
+                            "error": {"code": -32601, "message": f"client does not handle {msg['method']}"}})
+                return
             try:
                 result = await self.on_approval(msg["params"])
                 self.write({"jsonrpc": "2.0", "id": msg["id"], "result": result})
             except Exception as exc:
                 self.write({"jsonrpc": "2.0", "id": msg["id"], "error": {"code": -32603, "message": str(exc)}})
+        except (ConnectionError, RuntimeError):
+            pass  # the server is gone
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
         """Wait until `predicate()` is truthy (checked after every message); returns its value."""
