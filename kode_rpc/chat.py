@@ -34,7 +34,7 @@ from typing import IO, Any, TextIO, TypeVar
 
 from . import __version__
 from .client import RpcClient, RpcError
-from .config import log_dir
+from .config import expand_preset, log_dir
 
 T = TypeVar("T")
 
@@ -228,6 +228,9 @@ def model_config(args: argparse.Namespace) -> dict[str, Any] | None:
     model: dict[str, Any] = {"provider": provider}
     if args.model:
         model["model"] = args.model
+    if getattr(args, "base_url", None):
+        model["baseUrl"] = args.base_url
+    model = expand_preset(model)  # --provider ollama / lmstudio / vllm / llamacpp
     if args.script:
         if provider != "scripted":
             raise UsageError("--script is only for --provider scripted")

@@ -26,8 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _serve_args(sub.add_parser("serve", help="serve protocol v1 on stdin/stdout (the default)"))
     chat = sub.add_parser("chat", help="talk to an agent in the terminal through a spawned server")
-    chat.add_argument("--provider", help="echo, scripted, anthropic or openai (default: from config, else echo)")
+    chat.add_argument("--provider", help="echo, scripted, anthropic, openai, or a local preset: ollama, lmstudio, "
+                                         "vllm, llamacpp (default: from config, else echo)")
     chat.add_argument("--model")
+    chat.add_argument("--base-url", help="provider endpoint (OpenAI-compatible: with /v1)")
     chat.add_argument("--data-dir")
     chat.add_argument("--agent", help="agent id to create or resume")
     chat.add_argument("--mode", choices=["auto", "approval", "readonly"], default="readonly", help="permission mode")
@@ -35,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--script", help="JSON file with a `scripted` provider script")
     chat.add_argument("-m", "--message", action="append", help="send this message and exit (repeatable)")
     sub.add_parser("schema", help="print the JSON Schema of the whole protocol")
+    doctor = sub.add_parser("doctor", help="check paths, database, configured providers (exit 1 on problems)")
+    doctor.add_argument("--data-dir")
+    doctor.add_argument("--json", action="store_true", help="machine-readable report")
     return parser
 
 
@@ -53,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(json.dumps(protocol_schema(__version__), indent=2) + "\n")
         return 0
+    if args.command == "doctor":
+        from .doctor import run_doctor
+
+        return run_doctor(args.data_dir, args.json)
     if args.command == "chat":
         from .chat import run_chat
 

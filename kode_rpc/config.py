@@ -1,9 +1,9 @@
-"""Where things live and what the defaults are.
+"""Where things live, and the user's configuration.
 
-Paths come from platformdirs (env overrides for tests, sandboxes and packagers):
-`KODE_DATA_DIR`, `KODE_CONFIG_DIR`, `KODE_LOG_DIR`. The default model comes from
-`KODE_PROVIDER`/`KODE_MODEL`, else `[default]` in `config.toml` in the config
-dir, else `echo`.
+Paths come from platformdirs, with env overrides for tests, sandboxes and
+packagers: `KODE_DATA_DIR`, `KODE_CONFIG_DIR`, `KODE_LOG_DIR`. Settings come
+from `config.toml` in the config dir, then `KODE_*` environment variables on top.
+API keys are never read from the file: only from the environment.
 """
 
 from __future__ import annotations
@@ -11,13 +11,23 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import platformdirs
 
 APP = "kode-rpc"
 log = logging.getLogger(__name__)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "ollama": {"provider": "openai", "baseUrl": "http://localhost:11434/v1"},
+    "lmstudio": {"provider": "openai", "baseUrl": "http://localhost:1234/v1"},
+    "vllm": {"provider": "openai", "baseUrl": "http://localhost:8000/v1"},
+    "llamacpp": {"provider": "openai", "baseUrl": "http://localhost:8080/v1"},
+}
+"""OpenAI-compatible local servers that need no key: `provider = "ollama"` etc. anywhere a provider is named."""
+
+DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
 def data_dir(explicit: str | None = None) -> str:
@@ -37,33 +47,108 @@ def config_file() -> str:
 
 
 @dataclass
+class Debug:
+    verbose: bool = False
+    log_token_usage: bool = False
+    log_cache: bool = False
+    log_retries: bool = True
+    redact_sensitive: bool = True
+
+
+@dataclass
 class Settings:
     default_model: dict[str, Any]
     default_source: str
     """Where the default model came from: `env`, the config file's path, or `builtin`."""
     max_agents: int = 50
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-provider defaults (`baseUrl`, `apiKeyEnv`, `model`, `maxTokens`, `timeoutMs`, ...)."""
+    retry: dict[str, Any] = field(default_factory=dict)
+    prices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    debug: Debug = field(default_factory=Debug)
+    errors: list[str] = field(default_factory=list)
+    """Problems found while loading (reported by `kode-rpc doctor`)."""
+
+    def model_defaults(self, model: dict[str, Any]) -> dict[str, Any]:
+        """The agent's model config over the provider's configured defaults."""
+        merged = dict(self.providers.get(model.get("provider", ""), {}))
+        merged.pop("preset", None)
+        merged.update({k: v for k, v in model.items() if v is not None})
+        if "retry" not in merged and self.retry:
+            merged["retry"] = self.retry
+        return merged
+
+
+def expand_preset(model: dict[str, Any]) -> dict[str, Any]:
+    """`{provider: "ollama"}` -> `{provider: "openai", baseUrl: ...}`; other providers unchanged."""
+    preset = PRESETS.get(model.get("provider", ""))
+    if preset is None:
+        return model
+    return {**model, **preset, **({"baseUrl": model["baseUrl"]} if model.get("baseUrl") else {})}
+
+
+def _camel(data: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        parts = key.split("_")
+        out[parts[0] + "".join(p.title() for p in parts[1:])] = value
+    return out
 
 
 def load_settings() -> Settings:
-    provider = os.environ.get("KODE_PROVIDER")
-    model = os.environ.get("KODE_MODEL")
-    max_agents = int(os.environ.get("KODE_MAX_AGENTS", "50"))
-    if provider:
-        cfg: dict[str, Any] = {"provider": provider}
-        if model:
-            cfg["model"] = model
-        return Settings(cfg, "env", max_agents)
+    """Read `config.toml`, then apply `KODE_*` overrides. Never raises: problems go to `errors`."""
+    errors: list[str] = []
+    data: dict[str, Any] = {}
     path = config_file()
+    source = "builtin"
     if os.path.exists(path):
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
-            default = data.get("default", {})
-            if default.get("provider"):
-                cfg = {"provider": default["provider"]}
-                if default.get("model"):
-                    cfg["model"] = default["model"]
-                return Settings(cfg, path, int(data.get("pool", {}).get("maxAgents", max_agents)))
-        except (OSError, tomllib.TOMLDecodeError, ValueError) as exc:
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            errors.append(f"{path}: {exc}")
             log.warning("ignoring unreadable config %s: %s", path, exc)
-    return Settings({"provider": "echo"}, "builtin", max_agents)
+    providers: dict[str, dict[str, Any]] = {}
+    for name, cfg in (data.get("providers") or {}).items():
+        if not isinstance(cfg, dict):
+            errors.append(f"[providers.{name}] must be a table")
+            continue
+        cfg = _camel(cfg)
+        if any(k.lower() in ("apikey", "key", "token") for k in cfg):
+            errors.append(f"[providers.{name}]: API keys are read only from the environment (use apiKeyEnv); ignored")
+            cfg = {k: v for k, v in cfg.items() if k.lower() not in ("apikey", "key", "token")}
+        if cfg.get("preset") in PRESETS:
+            cfg = {**PRESETS[cfg["preset"]], **cfg}
+        providers[name] = cfg
+    default = _camel(data.get("default") or {})
+    model: dict[str, Any] = {"provider": "echo"}
+    if default.get("provider"):
+        model = {k: v for k, v in default.items() if k in ("provider", "model", "baseUrl", "apiKeyEnv", "maxTokens", "temperature")}
+        source = path
+    env_provider = os.environ.get("KODE_PROVIDER")
+    if env_provider:
+        model = {"provider": env_provider}
+        source = "env"
+    if os.environ.get("KODE_MODEL"):
+        model["model"] = os.environ["KODE_MODEL"]
+    if os.environ.get("KODE_BASE_URL"):
+        model["baseUrl"] = os.environ["KODE_BASE_URL"]
+    model = expand_preset(model)
+    retry = _camel(data.get("retry") or {})
+    if os.environ.get("KODE_MAX_RETRIES"):
+        retry["maxRetries"] = int(os.environ["KODE_MAX_RETRIES"])
+    dbg = data.get("debug") or {}
+    debug = Debug(
+        verbose=bool(dbg.get("verbose", False)),
+        log_token_usage=bool(dbg.get("logTokenUsage", dbg.get("log_token_usage", False))),
+        log_cache=bool(dbg.get("logCache", dbg.get("log_cache", False))),
+        log_retries=bool(dbg.get("logRetries", dbg.get("log_retries", True))),
+        redact_sensitive=bool(dbg.get("redactSensitive", dbg.get("redact_sensitive", True))),
+    )
+    try:
+        max_agents = int(os.environ.get("KODE_MAX_AGENTS") or (data.get("pool") or {}).get("maxAgents", 50))
+    except ValueError:
+        errors.append("maxAgents must be an integer")
+        max_agents = 50
+    prices = {name: _camel(p) for name, p in (data.get("prices") or {}).items() if isinstance(p, dict)}
+    return Settings(model, source, max_agents, providers, retry, prices, debug, errors)

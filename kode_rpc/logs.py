@@ -5,16 +5,47 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import re
 import sys
 
 from .config import log_dir
 
+_SECRETS: set[str] = set()
+_PATTERNS = [
+    re.compile(r"(?i)(authorization\s*[:=]\s*(?:bearer\s+)?)[^\s'\",]+"),
+    re.compile(r"(?i)(x-api-key\s*[:=]\s*)[^\s'\",]+"),
+    re.compile(r"()\bsk-[A-Za-z0-9_\-]{16,}"),
+]
 
-def setup_logging(level: str) -> str | None:
+
+def register_secret(value: str) -> None:
+    """Remember a secret (an API key just read) so no log line can carry it."""
+    if value and len(value) >= 6:
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "[REDACTED]")
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + "[REDACTED]", text)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """Redacts at the handler: covers messages, arguments and tracebacks alike."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def setup_logging(level: str, redact_sensitive: bool = True) -> str | None:
     """Configure root logging; returns the log file path (None when it cannot be created)."""
     root = logging.getLogger()
     root.setLevel(level.upper())
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
+    fmt_cls = RedactingFormatter if redact_sensitive else logging.Formatter
+    fmt = fmt_cls("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
     err = logging.StreamHandler(sys.stderr)
     err.setFormatter(fmt)
     root.addHandler(err)

@@ -11,6 +11,8 @@ import pytest
 
 from kode_rpc.client import RpcClient
 
+from .fakes import FakeServer
+
 Spawn = Callable[..., Awaitable[RpcClient]]
 
 
@@ -42,10 +44,12 @@ def server_env(tmp_path: Path, data_dir: Path) -> dict[str, str]:
 async def spawn(server_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Spawn]:
     """Start servers (initialized unless `init=False`); all are killed at teardown."""
     clients: list[RpcClient] = []
+    logs: list[Any] = []
 
     async def start(*args: str, init: bool = True, framing: str = "content-length", env: dict[str, str] | None = None,
                     **init_params: Any) -> RpcClient:
         log = open(tmp_path / f"server-{len(clients)}.stderr", "wb")
+        logs.append(log)
         client = await RpcClient.spawn(*args, env=env or server_env, framing=framing, stderr=log)
         clients.append(client)
         if init:
@@ -56,6 +60,15 @@ async def spawn(server_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Spa
     for client in clients:
         client.kill()
         await client.wait_exit(5)
+    for log in logs:
+        log.close()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeServer]:
+    server = await FakeServer().start()
+    yield server
+    await server.stop()
 
 
 def scripted(*steps: dict[str, Any]) -> dict[str, Any]:

@@ -209,3 +209,14 @@ async def test_kill_tree_of_exited_process_is_harmless(tmp_path: Path) -> None:
     proc = await process.spawn_shell("true", str(tmp_path), dict(os.environ))
     await proc.communicate()
     process.kill_tree(proc.pid)  # must not raise
+
+
+@linux_only
+async def test_kill_leftovers_of_exited_shell(tmp_path: Path) -> None:
+    proc = await process.spawn_shell("sleep 60 & echo $!", str(tmp_path), dict(os.environ))
+    (pid,) = await _read_pids(proc, 1)
+    assert await asyncio.wait_for(process.wait_exit(proc), 2) == 0  # exited; the pipes are still held
+    assert alive(pid)
+    process.kill_leftovers(proc.pid)  # no pipe inodes: the group/session is killed
+    assert wait_dead(pid)
+    await asyncio.wait_for(proc.wait(), 2)

@@ -375,6 +375,23 @@ async def test_bash_uses_child_env(ctx: FakeCtx, monkeypatch: pytest.MonkeyPatch
 
 
 @linux_only
+async def test_bash_returns_when_shell_exits_despite_leftover_children(ctx: FakeCtx) -> None:
+    start = time.monotonic()
+    res = await call(
+        ctx,
+        "bash_run",
+        cmd="sleep 30 & echo $!; setsid sleep 30 & echo $!; sleep 30 >/dev/null 2>&1 & echo $!",
+        timeout_ms=10_000,
+    )
+    assert res.ok and time.monotonic() - start < 3
+    attached, escaped, detached = (int(x) for x in res.data["stdout"].split())
+    for pid in (attached, escaped):  # still held our pipes: killed with the command
+        assert await wait_dead(pid, 1.0), pid
+    assert alive(detached)  # redirected its output: deliberately left running
+    os.kill(detached, 9)
+
+
+@linux_only
 async def test_bash_timeout_kills_tree_including_setsid_grandchild(ctx: FakeCtx) -> None:
     task = asyncio.create_task(
         call(ctx, "bash_run", cmd="setsid sleep 60 & echo $!; sleep 60 & echo $!; echo $$; wait", timeout_ms=700)

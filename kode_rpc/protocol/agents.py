@@ -45,14 +45,33 @@ class ScriptStep(WireModel):
     chunks: list[str] | None = None
 
 
+class RetryConfig(WireModel):
+    """Retry policy of provider calls (kode-rpc extension; defaults from the config file)."""
+
+    max_retries: int = Field(default=3, ge=0, le=20)
+    base_delay_ms: int = Field(default=1000, ge=0)
+    max_delay_ms: int = Field(default=60000, ge=0)
+    jitter_factor: float = Field(default=0.2, ge=0, le=1)
+
+
+class ThinkingConfig(WireModel):
+    """Extended thinking (Anthropic `thinking.budget_tokens`; kode-rpc extension)."""
+
+    budget_tokens: int = Field(ge=1024)
+
+
 class ModelConfig(WireModel):
     provider: ProviderName
     model: str | None = None
     base_url: str | None = None
-    api_key_env: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     max_tokens: int | None = Field(default=None, gt=0)
     temperature: float | None = Field(default=None, ge=0, le=2)
     script: list[ScriptStep] | None = None
+    thinking: ThinkingConfig | None = None
+    timeout_ms: int | None = Field(default=None, gt=0)
+    """Longest wait for the next byte of a response (kode-rpc extension; default 600000)."""
+    retry: RetryConfig | None = None
 
 
 class PermissionConfig(WireModel):
@@ -133,6 +152,8 @@ class TextBlock(WireModel):
 class ThinkingBlock(WireModel):
     type: Literal["thinking"] = "thinking"
     thinking: str
+    signature: str | None = None
+    """Anthropic's signature, sent back with the block in later requests."""
 
 
 class ToolUseBlock(WireModel):

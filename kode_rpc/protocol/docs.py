@@ -129,8 +129,12 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
 - **`metrics/prometheus`** exposes `kode_agents_total`, `kode_agents_active`,
   `kode_agents_working`, `kode_tokens_total{kind}`, `kode_errors_total{phase}`,
   `kode_turns_total{reason}` and the histogram `kode_tool_duration_seconds`.
-- Not built yet: the `anthropic` and `openai` providers (`agent/create` naming one gets
-  `-32602` on `model.provider`; `initialize.capabilities.providers` lists what runs), ACP mode (`initialize` reports
+- **Providers** are configured as `docs/providers.md` says; `ModelConfig` adds `thinking`,
+  `timeoutMs` and `retry` to the contract's fields, and `ThinkingBlock` carries Anthropic's
+  `signature`. `-32020` errors carry `data.type`, `data.retryable`, `data.turnId` and
+  `data.lastSeq`; besides the contract's types, `data.type` may be `connection`,
+  `invalid_request` or `invalid_response`.
+- Not built yet: ACP mode (`initialize` reports
   `acp: false`), file watching (`file_changed` comes from the file tools themselves),
   context compression (no `context_compression` events are emitted).
 """
@@ -139,7 +143,7 @@ ERRORS = [
     (PARSE_ERROR, "parse error: body is not JSON, or a malformed frame", "parse_error, malformed_header"),
     (INVALID_REQUEST, "invalid request", "invalid_request, batch_not_supported, invalid_id, too_deep"),
     (METHOD_NOT_FOUND, "method not found", "method_not_found"),
-    (INVALID_PARAMS, "invalid params; `data.errors = [{field, message}]`", "invalid_params, params_not_object, agent_exists, provider_unavailable"),
+    (INVALID_PARAMS, "invalid params; `data.errors = [{field, message}]`", "invalid_params, params_not_object, agent_exists"),
     (INTERNAL_ERROR, "the server's own fault (never for bad input)", "internal"),
     (REQUEST_CANCELLED, "request cancelled by `$/cancelRequest`", "cancelled"),
     (OVERLOADED, "overloaded or shutting down (not LSP's UnknownErrorCode)", "shutting_down, pool_full"),
@@ -149,7 +153,7 @@ ERRORS = [
     (AGENT_LOCKED, "agent run by another process; `data.pid`, `data.host`", "agent_locked"),
     (INPUT_TOO_LARGE, "message larger than 64 MiB", "too_large"),
     (UNSUPPORTED_PROTOCOL, "unsupported protocolVersion; `data.supported = [1]`", "unsupported_protocol"),
-    (PROVIDER_ERROR, "provider error; `data.type`, `data.retryable` (real providers, not built yet)", "provider_error"),
+    (PROVIDER_ERROR, "provider error; `data.type`, `data.retryable`", "provider_error"),
 ]
 
 

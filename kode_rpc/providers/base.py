@@ -36,6 +36,8 @@ class TextDelta:
 @dataclass
 class ThinkingDelta:
     text: str
+    signature: str | None = None
+    """Anthropic's signature of a thinking block (sent back with it in later requests)."""
 
 
 @dataclass
@@ -56,14 +58,26 @@ class UsageReport:
 StreamEvent = Union[TextDelta, ThinkingDelta, ToolCallRequest, UsageReport]
 
 
-class ProviderError(Exception):
-    """A failed model call; `type` is the `-32020` vocabulary (rate_limit, timeout, ...)."""
+RETRYABLE_TYPES = frozenset({"rate_limit", "timeout", "service_unavailable", "connection"})
 
-    def __init__(self, type_: str, message: str, retryable: bool = False) -> None:
+
+class ProviderError(Exception):
+    """A failed model call; `type` is the `-32020` vocabulary.
+
+    `rate_limit` (429), `timeout`, `service_unavailable` (5xx, Anthropic's 529) and
+    `connection` are retried; `authentication`, `quota_exceeded`, `invalid_request`
+    and `invalid_response` (garbage from the server) are not. `retry_after` (seconds)
+    comes from the server's `retry-after-ms` / `retry-after` headers.
+    """
+
+    def __init__(self, type_: str, message: str, retryable: bool | None = None, *,
+                 status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.type = type_
         self.message = message
-        self.retryable = retryable
+        self.retryable = type_ in RETRYABLE_TYPES if retryable is None else retryable
+        self.status = status
+        self.retry_after = retry_after
 
 
 class Provider(ABC):

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from ..config import Settings
+from ..logs import redact
 from ..protocol.agents import AgentConfig, AgentInfo, Usage
 from ..protocol.errors import APPROVAL_NOT_PENDING, RpcError, not_found
 from ..protocol.events import FINAL_TOOL_STATES, ToolCall
@@ -30,7 +32,9 @@ from ..providers.base import (
     ToolCallRequest,
     UsageReport,
 )
+from ..providers.pricing import cost_usd
 from ..providers.registry import get_provider
+from ..providers.retry import RetryPolicy, stream_with_retry
 from ..sandbox.local import LocalSandbox
 from ..store.base import AgentRow, ApprovalRow, MessageRow, Store, ToolCallRow, TurnRow
 from ..tools.base import Tool, ToolResult
@@ -54,6 +58,7 @@ class Services:
     store: Store
     events: EventLog
     tools: dict[str, Tool]
+    settings: Settings = field(default_factory=lambda: Settings({"provider": "echo"}, "builtin"))
     tool_concurrency: int = 4
 
 
@@ -95,6 +100,7 @@ class Turn:
     done: asyncio.Future[dict[str, Any]]
     task: asyncio.Task[None] | None = None
     texts: list[str] = field(default_factory=list)
+    error: ProviderError | None = None
     interrupted: bool = False
     detach: bool = False
     """Set at shutdown for a turn that only waits on approvals: it stops in memory and
@@ -115,6 +121,7 @@ class StepOutput:
         self.thinking: list[str] = []
         self.calls: list[ToolCallRequest] = []
         self.usage: UsageReport | None = None
+        self.signature: str | None = None
 
 
 class CallContext:
@@ -321,8 +328,10 @@ class Agent:
                 return
             reason = "interrupted"
         except ProviderError as exc:
-            self.emit({"type": "error", "severity": "error", "phase": "model", "message": exc.message,
-                       "retryable": exc.retryable}, tid)
+            exc.message = redact(exc.message)  # servers echo keys back in error bodies
+            turn.error = exc
+            self.emit({"type": "error", "severity": "error", "phase": "model",
+                       "message": f"{exc.type}: {exc.message}", "retryable": exc.retryable}, tid)
             reason = "error"
         except Exception as exc:  # the server's own fault: report it, keep the agent usable
             log.exception("turn %s of agent %s failed", tid, self.id)
@@ -346,28 +355,46 @@ class Agent:
         except Exception:
             log.exception("done event of turn %s not stored", tid)
         if not turn.done.done():
-            turn.done.set_result({"reason": reason, "seq": env.seq, "text": "\n\n".join(t for t in turn.texts if t)})
+            turn.done.set_result({"reason": reason, "seq": env.seq, "text": "\n\n".join(t for t in turn.texts if t),
+                                  "error": turn.error})
         self.turns.pop(tid, None)
+
+    def model_config(self) -> dict[str, Any]:
+        """The agent's model config over the configured provider defaults (never a key)."""
+        model = self.config.model
+        assert model is not None
+        return self.svc.settings.model_defaults(model.wire())
 
     async def _model_step(self, turn: Turn, step: int, out: StepOutput) -> None:
         tid = turn.id
-        model = self.config.model
-        assert model is not None
-        provider = get_provider(model.provider)
+        config = self.model_config()
+        provider = get_provider(config["provider"])
         request = ModelRequest(
             system=self._system_prompt(),
             messages=[{"role": m["role"], "content": m["content"]} for m in self.messages],
             tools=[t.spec() for t in self.tools.values()],
-            config=model.wire(),
+            config=config,
             position=self.model_calls,
         )
         self.model_calls += 1
         self._set_breakpoint("STREAMING_MODEL", tid)
+
+        def on_retry(attempt: int, delay_ms: int, err: ProviderError) -> None:
+            if self.svc.settings.debug.log_retries:
+                log.warning("agent %s: %s (%s), retry %d in %d ms", self.id, err.type, err.message, attempt, delay_ms)
+            self.emit({"type": "retry", "attempt": attempt, "delayMs": delay_ms,
+                       "error": {"type": err.type, "message": redact(err.message)}}, tid)
+
         open_kind: str | None = None
         try:
-            async for ev in provider.stream(request):
+            stream = stream_with_retry(provider, request, RetryPolicy.from_wire(config.get("retry")), on_retry)
+            async for ev in stream:
                 if isinstance(ev, (TextDelta, ThinkingDelta)):
                     kind = "text" if isinstance(ev, TextDelta) else "think"
+                    if isinstance(ev, ThinkingDelta) and ev.signature:
+                        out.signature = ev.signature
+                        if not ev.text:
+                            continue
                     if open_kind != kind:
                         self._close_block(open_kind, step, out, tid)
                         open_kind = kind
@@ -392,15 +419,26 @@ class Agent:
         turn.texts.append(text)
         content: list[dict[str, Any]] = []
         if out.thinking:
-            content.append({"type": "thinking", "thinking": "".join(out.thinking)})
+            block: dict[str, Any] = {"type": "thinking", "thinking": "".join(out.thinking)}
+            if out.signature:
+                block["signature"] = out.signature
+            content.append(block)
         if text:
             content.append({"type": "text", "text": text})
         for call in out.calls:
             content.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.input})
         self._append_message("assistant", content, tid)
         usage = out.usage or UsageReport()
+        config = self.model_config()
+        cost = cost_usd(config.get("model"), usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+                        usage.cache_write_tokens, self.svc.settings.prices)
         self.usage.input_tokens += usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
         self.usage.output_tokens += usage.output_tokens
+        self.usage.cost_usd += cost
+        debug = self.svc.settings.debug
+        if debug.log_token_usage or debug.log_cache:
+            log.info("agent %s usage: in=%d out=%d cache_read=%d cache_write=%d cost=$%.6f", self.id,
+                     usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens, cost)
         self.emit({
             "type": "token_usage",
             "inputTokens": usage.input_tokens,
@@ -408,7 +446,7 @@ class Agent:
             "cacheReadTokens": usage.cache_read_tokens,
             "cacheWriteTokens": usage.cache_write_tokens,
             "totalTokens": usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens,
-            "costUsd": 0.0,
+            "costUsd": round(cost, 8),
         }, tid)
         self.persist()
 

@@ -4,7 +4,9 @@ Order of the spine: emit -> seq assigned -> row enqueued to the store -> commit 
 subscribers receive. Nothing is delivered that is not stored, and delivery follows
 commit order, which is seq order. Streaming deltas (`text_chunk`, `think_chunk`,
 `tool:output`) are held for the rest of the loop tick so that consecutive ones of
-the same stream merge into one event; any other event flushes them first.
+the same stream merge into one event; any other event flushes them first. While a
+batch of deltas is being committed, newer deltas keep merging, so a fast stream
+turns into fewer, larger events instead of a growing queue.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class EventLog:
         self._subs: dict[str, list[Subscriber]] = {}
         self._held: list[Envelope] = []
         self._flush_scheduled = False
+        self._deltas_in_flight = 0
         self.taps: list[Subscriber] = []
         """Called with every delivered event of every agent (metrics)."""
 
@@ -103,7 +106,7 @@ class EventLog:
         env.delivered = asyncio.get_running_loop().create_future()
         if etype in MERGEABLE:
             self._held.append(env)
-            if not self._flush_scheduled:
+            if not self._flush_scheduled and not self._deltas_in_flight:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self.flush)
         else:
@@ -129,14 +132,22 @@ class EventLog:
         self._flush_scheduled = False
         if self._held:
             held, self._held = self._held, []
-            self._write(held)
+            self._deltas_in_flight += 1
+            self._write(held, deltas=True)
 
-    def _write(self, envs: list[Envelope]) -> None:
+    def _write(self, envs: list[Envelope], deltas: bool = False) -> None:
         rows = [EventRow(e.agent_id, e.seq, e.ts, e.channel, e.turn_id, e.event["type"], e.encode()) for e in envs]
         fut = self._store.append_events(rows)
-        fut.add_done_callback(lambda f: self._written(envs, f))
+        fut.add_done_callback(lambda f: self._written(envs, f, deltas))
 
-    def _written(self, envs: list[Envelope], fut: asyncio.Future[None]) -> None:
+    def _written(self, envs: list[Envelope], fut: asyncio.Future[None], deltas: bool = False) -> None:
+        if deltas:
+            # While deltas are being committed, newer ones merge in `_held`; they go out
+            # as soon as that commit lands (backpressure without dropping anything).
+            self._deltas_in_flight -= 1
+            if self._held and not self._deltas_in_flight and not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self.flush)
         if fut.cancelled() or fut.exception() is not None:
             err = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
             log.error("events %s..%s of %s were not stored and are not sent: %s",

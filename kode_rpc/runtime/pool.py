@@ -20,8 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from ..protocol.agents import AgentConfig, ModelConfig, PermissionConfig, SandboxConfig
-from ..protocol.errors import AGENT_LOCKED, INVALID_PARAMS, OVERLOADED, RpcError, invalid_params, not_found
-from ..providers.registry import AVAILABLE
+from ..protocol.errors import AGENT_LOCKED, INVALID_PARAMS, OVERLOADED, RpcError, not_found
 from ..store.base import AgentExists, AgentRow, LeaseHeld, LeaseOwner
 from .agent import Agent, Services
 from .events import Envelope
@@ -65,10 +64,8 @@ class AgentPool:
         out.agent_id = agent_id
         if out.model is None:
             out.model = ModelConfig.model_validate(self.settings.default_model)
-        if out.model.provider not in AVAILABLE:
-            raise invalid_params([{"field": "model.provider", "message":
-                                   f"provider {out.model.provider!r} is not available in this build "
-                                   f"(available: {', '.join(AVAILABLE)})"}], reason="provider_unavailable")
+        if out.model.model is None and out.model.provider in ("echo", "scripted"):
+            out.model.model = out.model.provider  # AgentInfo.model always names a model
         if out.permission is None:
             out.permission = PermissionConfig.model_validate(template.permission)
         if out.tools is None:

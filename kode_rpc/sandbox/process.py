@@ -21,13 +21,17 @@ log = logging.getLogger(__name__)
 IS_WINDOWS = sys.platform == "win32"
 
 LIVE: set[asyncio.subprocess.Process] = set()
-"""Processes spawned by `spawn_shell` that have not exited yet (for `kill_all` at shutdown)."""
+"""Processes spawned by `spawn_shell` that have not finished yet (for `kill_all` at shutdown).
+
+An entry leaves once the process has exited and its pipes are closed (the
+callers close them if leftover children keep them open).
+"""
 
 _REAPERS: set[asyncio.Task[None]] = set()  # strong refs, or the tasks could be collected
 
 
 async def _forget_when_done(proc: asyncio.subprocess.Process) -> None:
-    """Drop `proc` from LIVE once it exits, so the registry only holds live processes."""
+    """Drop `proc` from LIVE once it has exited and its pipes are closed."""
     try:
         await proc.wait()
     except Exception:  # pragma: no cover - the loop is closing
@@ -63,6 +67,19 @@ async def spawn_shell(cmd: str, cwd: str, env: dict[str, str]) -> asyncio.subpro
     task.add_done_callback(_REAPERS.discard)
     log.debug("spawned pid %s: %s", proc.pid, cmd)
     return proc
+
+
+async def wait_exit(proc: asyncio.subprocess.Process, poll_interval: float = 0.02) -> int:
+    """Wait until the process itself has exited; returns its return code.
+
+    `Process.wait()` is not enough: on Python 3.11 it also waits until every pipe
+    is closed, so a leftover background child (`server &`) holding stdout would
+    make it block for as long as that child lives. `returncode` is set as soon as
+    the child watcher reaps the process, so polling it is exact within one interval.
+    """
+    while proc.returncode is None:
+        await asyncio.sleep(poll_interval)
+    return proc.returncode
 
 
 def _proc_table() -> dict[int, tuple[int, int, int]]:
@@ -198,9 +215,78 @@ def kill_tree(pid: int) -> None:
     log.debug("killed tree of %s (%d descendants)", pid, len(victims))
 
 
+def pipe_inodes(proc: asyncio.subprocess.Process) -> set[int]:
+    """Inodes of the stdout/stderr pipes of `proc` while our read ends are still open."""
+    inodes: set[int] = set()
+    transport = getattr(proc, "_transport", None)
+    if transport is None or IS_WINDOWS:
+        return inodes
+    for fd in (1, 2):
+        try:
+            pipe_transport = transport.get_pipe_transport(fd)
+            pipe = pipe_transport.get_extra_info("pipe") if pipe_transport is not None else None
+            if pipe is not None:
+                inodes.add(os.fstat(pipe.fileno()).st_ino)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return inodes
+
+
+def _pipe_holders(inodes: set[int]) -> list[int]:
+    """Processes (other than us) with one of the given pipes open, found via /proc/<pid>/fd."""
+    targets = {f"pipe:[{inode}]" for inode in inodes}
+    me = os.getpid()
+    holders: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        fd_dir = f"/proc/{entry}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # exited, or not ours to inspect (then it cannot hold our pipe)
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") in targets:
+                    holders.append(int(entry))
+                    break
+            except OSError:
+                continue
+    return holders
+
+
+def kill_leftovers(pid: int, inodes: set[int] | None = None) -> None:
+    """SIGKILL what an already exited shell `pid` left behind.
+
+    With `inodes` (from `pipe_inodes`) and /proc available, exactly the processes
+    still holding the command's output pipes are killed, wherever they are (also
+    after setsid); a child that redirected its output (`nohup x >log &`) detached
+    on purpose and is spared. Otherwise everything still in the shell's process
+    group or session is killed. `pid` itself is never signalled and its children
+    are not walked: it may already be reaped (and its pid, in theory, reused),
+    whereas a group or session id cannot be reused while a member is alive.
+    """
+    if IS_WINDOWS:
+        return
+    if inodes and os.path.isdir("/proc/self/fd"):
+        for holder in _pipe_holders(inodes):
+            _signal(holder, signal.SIGKILL)
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    me = os.getpid()
+    for other, (_ppid, pgrp, sess) in _proc_table().items():
+        if other != me and other != pid and (pgrp == pid or sess == pid):
+            _signal(other, signal.SIGKILL)
+
+
 def kill_all() -> None:
-    """Kill every live spawned process tree (server shutdown)."""
+    """Kill every spawned process tree that is still alive or still holds its pipes (server shutdown)."""
     for proc in list(LIVE):
         if proc.returncode is None:
             kill_tree(proc.pid)
+        else:
+            kill_leftovers(proc.pid)
         LIVE.discard(proc)

@@ -46,7 +46,7 @@ class App:
         events = EventLog(self.store)
         metrics = Metrics()
         events.taps.append(metrics.tap)
-        svc = Services(self.store, events, builtin_tools())
+        svc = Services(self.store, events, builtin_tools(), settings)
         self.pool = AgentPool(svc, PoolSettings(self.data_dir, max_agents=self.max_agents or settings.max_agents,
                                                 default_model=settings.default_model))
         self.pool.start()
@@ -108,7 +108,8 @@ class App:
 
 def serve(data_dir: str | None, framing: str, log_level: str, max_agents: int | None = None) -> int:
     proto_out = take_stdout()
-    setup_logging(log_level)
+    debug = load_settings().debug
+    setup_logging("DEBUG" if debug.verbose else log_level, debug.redact_sensitive)
     app = App(resolve_data_dir(data_dir), framing, max_agents)
     try:
         code = asyncio.run(app.run(proto_out))

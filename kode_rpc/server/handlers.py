@@ -19,7 +19,7 @@ from .. import __version__
 from ..protocol import agents as a
 from ..protocol import system as s
 from ..protocol.approvals import ApprovalResponse
-from ..protocol.errors import INVALID_PARAMS, UNSUPPORTED_PROTOCOL, RpcError, invalid_params, not_found
+from ..protocol.errors import INVALID_PARAMS, PROVIDER_ERROR, UNSUPPORTED_PROTOCOL, RpcError, invalid_params, not_found
 from ..protocol.methods import METHODS
 from ..providers.registry import AVAILABLE
 from ..runtime.agent import Agent
@@ -211,12 +211,12 @@ class Session:
             return AfterResponse(result, start)
 
     async def _replay(self, agent_id: str, since: int) -> int:
-        rows = await self.store.read_events(agent_id, since)
-        prefix = b'{"jsonrpc":"2.0","method":"agent/event","params":{"replay":true,'
-        for row in rows:
-            self.conn.send_raw(prefix + row.json[1:].encode("utf-8") + b"}")
+        rows = await self.store.read_event_json(agent_id, since)
+        prefix = '{"jsonrpc":"2.0","method":"agent/event","params":{"replay":true,'
+        for _, body in rows:
+            self.conn.send_raw((prefix + body[1:] + "}").encode("utf-8"))
         if rows:
-            self.sent[agent_id] = max(self.sent.get(agent_id, 0), rows[-1].seq)
+            self.sent[agent_id] = max(self.sent.get(agent_id, 0), rows[-1][0])
         return len(rows)
 
     async def _send(self, params: dict[str, Any]) -> tuple[Agent, Any, bool]:
@@ -251,6 +251,10 @@ class Session:
                     paused.cancel()
             if turn.done.done():
                 out = turn.done.result()
+                err = out.get("error")
+                if err is not None:
+                    raise RpcError(PROVIDER_ERROR, f"{err.type}: {err.message}", "provider_error", type=err.type,
+                                   retryable=err.retryable, turnId=turn.id, lastSeq=out["seq"])
                 status = {"completed": "ok", "interrupted": "interrupted", "budget_exceeded": "interrupted"}.get(out["reason"], "error")
                 return {"status": status, "text": out["text"], "turnId": turn.id, "lastSeq": out["seq"], "permissionIds": []}
             ids = [pa.approval_id for pa in agent.pending.values() if pa.request.get("turnId") == turn.id]

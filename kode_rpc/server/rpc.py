@@ -93,7 +93,10 @@ class Output:
                     chunks.append(nxt)
             if chunks and not self.broken:
                 try:
-                    self._stream.write(b"".join(chunks))
+                    data = memoryview(b"".join(chunks))
+                    while data:  # an unbuffered write may take only part (e.g. after a signal)
+                        written = self._stream.write(data)
+                        data = data[written or 0:]
                     self._stream.flush()
                 except (BrokenPipeError, OSError, ValueError):
                     self.broken = True
@@ -171,10 +174,11 @@ class KodeProtocol(JsonRPCProtocol):
 
 
 def _dict_converter() -> Any:
-    """pygls needs a converter; ours is never asked to structure params (we hand it dicts)."""
-    from pygls.protocol import default_converter
+    """pygls needs a converter, but ours is never asked to structure anything (we hand
+    pygls dicts and serialize ourselves), so a bare one saves lsprotocol's hook setup."""
+    import cattrs
 
-    return default_converter()
+    return cattrs.Converter()
 
 
 class Connection:

@@ -216,6 +216,10 @@ class Store(ABC):
         """Events with seq > since in seq order."""
 
     @abstractmethod
+    async def read_event_json(self, agent_id: str, since: int = 0) -> list[tuple[int, str]]:
+        """`(seq, envelope JSON)` of events after `since`, in seq order (the replay path)."""
+
+    @abstractmethod
     async def load_tool_calls(self, agent_id: str, turn_id: str | None = None) -> list[ToolCallRow]: ...
 
     @abstractmethod

@@ -234,6 +234,8 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
 Append new ones, never edit or reorder the published ones."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
+MAX_BATCH = 256
+"""Most write items committed in one transaction."""
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -405,6 +407,9 @@ class SQLiteStore(Store):
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
         self._stats = _Stats()
+        self._batch_seq: dict[str, int] = {}
+        self._batch_msgs: dict[str, int] = {}
+        """Counter raises of the batch being written (writer thread only)."""
         self._opened = False
         self._closing = False
         self._close_fut: asyncio.Future[None] | None = None
@@ -523,7 +528,9 @@ class SQLiteStore(Store):
         try:
             while stop is None:
                 batch = [self._queue.get()]
-                while True:
+                # Capped, so a burst of streamed events is committed and delivered in
+                # steps instead of one long silence followed by everything at once.
+                while len(batch) < MAX_BATCH:
                     try:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
@@ -557,6 +564,8 @@ class SQLiteStore(Store):
         """
         t0 = time.perf_counter()
         results: list[_Result] = []
+        self._batch_seq = {}
+        self._batch_msgs = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
             for item in items:
@@ -573,6 +582,12 @@ class SQLiteStore(Store):
                 else:
                     conn.execute("RELEASE item")
                     results.append((item.fut, value, None))
+            # Counters are raised once per agent per batch: an UPDATE rewrites the whole
+            # agents row (config JSON included), far too costly once per streamed event.
+            conn.executemany("UPDATE agents SET last_seq = ? WHERE agent_id = ? AND last_seq < ?",
+                             [(v, k, v) for k, v in self._batch_seq.items()])
+            conn.executemany("UPDATE agents SET message_count = ? WHERE agent_id = ? AND message_count < ?",
+                             [(v, k, v) for k, v in self._batch_msgs.items()])
             conn.execute("COMMIT")
         except Exception as exc:
             logger.error("store write batch of %d items failed: %s", len(items), exc)
@@ -594,6 +609,11 @@ class SQLiteStore(Store):
             if any(item.kind != _KIND_BARRIER for item in items):
                 self._stats.latency(ms)
         return results
+
+    @staticmethod
+    def _raise_counter(counters: dict[str, int], agent_id: str, value: int) -> None:
+        if value > counters.get(agent_id, 0):
+            counters[agent_id] = value
 
     def _deliver(self, results: list[_Result]) -> None:
         """Hand results to each future's loop, one wake-up per loop per batch, in order."""
@@ -688,10 +708,8 @@ class SQLiteStore(Store):
 
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", params)
-            conn.executemany(
-                "UPDATE agents SET last_seq = ? WHERE agent_id = ? AND last_seq < ?",
-                [(seq, aid, seq) for aid, seq in highest.items()],
-            )
+            for aid, seq in highest.items():
+                self._raise_counter(self._batch_seq, aid, seq)
 
         return self._enqueue(op)
 
@@ -709,10 +727,7 @@ class SQLiteStore(Store):
                 "INSERT INTO messages (agent_id, idx, role, content_json, turn_id, created_at) VALUES (?,?,?,?,?,?)",
                 params,
             )
-            conn.execute(
-                "UPDATE agents SET message_count = ? WHERE agent_id = ? AND message_count < ?",
-                (count, agent_id, count),
-            )
+            self._raise_counter(self._batch_msgs, agent_id, count)
 
         return self._enqueue(op)
 
@@ -1058,6 +1073,16 @@ class SQLiteStore(Store):
             return [EventRow(agent_id, *r) for r in conn.execute(sql, params).fetchall()]
 
         result: list[EventRow] = await self._read(fn, "query")
+        return result
+
+    async def read_event_json(self, agent_id: str, since: int = 0) -> list[tuple[int, str]]:
+        """`(seq, envelope JSON)` after `since`: all a replay sends, without building rows."""
+        sql = "SELECT seq, json FROM events WHERE agent_id = ? AND seq > ? ORDER BY seq"
+
+        def fn(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            return conn.execute(sql, (agent_id, since)).fetchall()
+
+        result: list[tuple[int, str]] = await self._read(fn, "query")
         return result
 
     async def load_tool_calls(self, agent_id: str, turn_id: str | None = None) -> list[ToolCallRow]:

@@ -99,12 +99,18 @@ class Tool(ABC):
         return text if len(text) <= 200 else text[:197] + "..."
 
     def spec(self) -> dict[str, Any]:
-        """Name, description and JSON Schema of the input, as providers need them."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "input_schema": self.input_model.model_json_schema(),
-        }
+        """Name, description and JSON Schema of the input, as providers need them.
+
+        Built once per tool: schema generation costs more than a whole echo turn.
+        """
+        cached = self.__dict__.get("_spec")
+        if cached is None:
+            cached = self.__dict__["_spec"] = {
+                "name": self.name,
+                "description": self.description,
+                "input_schema": self.input_model.model_json_schema(),
+            }
+        return cached
 
 
 _REGISTRY: dict[str, Tool] = {}

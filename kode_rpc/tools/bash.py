@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import Field
 
 from ..sandbox.base import Sandbox
-from ..sandbox.process import kill_tree, spawn_shell
+from ..sandbox.process import kill_leftovers, kill_tree, pipe_inodes, spawn_shell, wait_exit
 from .base import OutputStream, Tool, ToolContext, ToolInput, ToolResult, register
 
 log = logging.getLogger(__name__)
@@ -103,33 +103,48 @@ async def _pump(
             return
 
 
-async def _drain(proc: asyncio.subprocess.Process, readers: list[asyncio.Task[None]]) -> None:
-    """Give the readers a moment to reach EOF after the shell exited, then stop them.
+async def _drain(readers: list[asyncio.Task[None]]) -> bool:
+    """Give the readers a moment to reach EOF after the shell exited; True if they all did.
 
-    A background child (`server &`) can keep the pipe open forever; we do not wait
-    for it. Our ends of the pipes are closed so it gets EPIPE instead of blocking.
+    A child left behind (`server &`) can hold the pipes open forever, and we do not
+    wait for it.
     """
     if not readers:
-        return
+        return True
     _, pending = await asyncio.wait(readers, timeout=DRAIN_GRACE_S)
-    if pending:
-        for task in pending:
+    return not pending
+
+
+def _cleanup(proc: asyncio.subprocess.Process, readers: list[asyncio.Task[None]]) -> None:
+    """Make sure nothing of the command survives, and stop reading its pipes.
+
+    - the shell is still running (timeout, interrupt, a bug): kill the whole tree;
+    - the shell exited but its pipes are still held by children it left behind
+      (`server &`): kill those holders and close our pipe ends. A foreground
+      command owns its output; long-running work belongs in `background: true`.
+    Processes that redirected their output (`nohup x >log 2>&1 &`) do not hold the
+    pipes and are deliberately left alone.
+    """
+    held = any(not task.done() for task in readers)
+    if proc.returncode is None:
+        kill_tree(proc.pid)
+    elif held:
+        log.debug("pid %s exited but its pipes stayed open; killing the holders", proc.pid)
+        kill_leftovers(proc.pid, pipe_inodes(proc))
+    for task in readers:
+        if not task.done():
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+    if held and proc.returncode is not None:
+        # Closing the transport while the process runs would make it poll() the
+        # child and steal the exit status from the child watcher, hence the guard.
         transport = getattr(proc, "_transport", None)
         if transport is not None:
             transport.close()
-        log.debug("pid %s exited but its pipes stayed open; stopped reading", proc.pid)
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        kill_tree(proc.pid)
-
-
-async def _wait_reaped(proc: asyncio.subprocess.Process) -> None:
+async def _wait_exited(proc: asyncio.subprocess.Process) -> None:
     try:
-        await asyncio.wait_for(proc.wait(), KILL_WAIT_S)
+        await asyncio.wait_for(wait_exit(proc), KILL_WAIT_S)
     except TimeoutError:
         log.warning("pid %s did not exit %.1fs after SIGKILL", proc.pid, KILL_WAIT_S)
 
@@ -158,11 +173,10 @@ class BackgroundShell:
 
     async def _watch(self, readers: list[asyncio.Task[None]]) -> None:
         try:
-            await self.proc.wait()
-            await _drain(self.proc, readers)
+            await wait_exit(self.proc)
+            await _drain(readers)
         finally:
-            for task in readers:
-                task.cancel()
+            _cleanup(self.proc, readers)
             self.exit_code = self.proc.returncode if self.proc.returncode is not None else -1
 
     @property
@@ -185,12 +199,13 @@ class BackgroundShell:
         }
 
     async def kill(self) -> None:
-        _kill(self.proc)
-        await _wait_reaped(self.proc)
+        if self.proc.returncode is None:
+            kill_tree(self.proc.pid)
+            await _wait_exited(self.proc)
         try:
             await asyncio.wait_for(asyncio.shield(self._watcher), DRAIN_GRACE_S + KILL_WAIT_S)
         except TimeoutError:
-            pass
+            log.warning("background shell %s did not finish after kill", self.shell_id)
 
 
 class ShellRegistry:
@@ -288,18 +303,15 @@ class BashRunTool(Tool):
         timed_out = False
         try:
             try:
-                await asyncio.wait_for(proc.wait(), args.timeout_ms / 1000)
+                await asyncio.wait_for(wait_exit(proc), args.timeout_ms / 1000)
             except TimeoutError:
                 timed_out = True
                 kill_tree(proc.pid)
-                await _wait_reaped(proc)
-            await _drain(proc, readers)
+                await _wait_exited(proc)
+            await _drain(readers)
         finally:
             # Timeout, interrupt (CancelledError) or a bug: nothing of this command may survive.
-            _kill(proc)
-            for task in readers:
-                if not task.done():
-                    task.cancel()
+            _cleanup(proc, readers)
 
         data = {
             "exitCode": proc.returncode,

@@ -18,7 +18,7 @@ import glob as globmod
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from pydantic import Field
@@ -89,7 +89,7 @@ def _encode(text: str) -> bytes:
 
 
 def _check_regular_file(path: str, given: str) -> None:
-    if not os.path.lexists(path) or not os.path.exists(path):
+    if not os.path.exists(path):  # also a dangling symlink
         raise _Fail(f"file not found: {given}", "not_found")
     if os.path.isdir(path):
         raise _Fail(f"is a directory, not a file: {given}", "invalid_input")
@@ -563,7 +563,7 @@ class FsGrepTool(Tool):
         return ToolResult(ok=True, data=result)
 
     @staticmethod
-    def _files(root: str) -> Any:
+    def _files(root: str) -> Iterator[str]:
         if os.path.isfile(root):
             yield root
             return

@@ -1,0 +1,722 @@
+#!/usr/bin/env python3
+"""kode-rpc benchmarks: spawn the real server over real pipes and measure what an editor feels.
+
+    python bench/run.py [--quick] [--out bench/results/latest.json]
+
+Prints a table (name, value, unit, target, pass/fail) and writes the same rows as JSON
+together with the machine's description. A missed target is reported, never turned into
+a failing exit code: the exit code is 0 when every measurement ran and checked its data,
+1 when something broke (an exception, a wrong or missing event, a bad reply).
+
+Every server gets fresh temporary data, log and config dirs (`KODE_DATA_DIR`,
+`KODE_LOG_DIR`, `KODE_CONFIG_DIR`), is shut down with `shutdown` + `exit`, and the
+dirs are removed at the end. See bench/README.md for what each row means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kode_rpc import __version__ as kode_version
+from kode_rpc.client import RpcClient, server_command
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
+ENV_DROPPED = ("KODE_PROVIDER", "KODE_MODEL", "KODE_MAX_AGENTS", "KODE_DATA_DIR", "KODE_LOG_DIR", "KODE_CONFIG_DIR")
+"""User settings that would change what is measured (default model, pool size, paths)."""
+
+
+class BenchError(Exception):
+    """The server answered, but with wrong or missing data: the run is broken, not slow."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise BenchError(message)
+
+
+# --- configuration and results ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counts:
+    spawn_runs: int
+    status_warmup: int
+    status_calls: int
+    chunks: int
+    chunk_runs: int
+    resume_events: int
+    resume_runs: int
+    agents: int
+    turns_per_agent: int
+
+
+FULL = Counts(spawn_runs=10, status_warmup=200, status_calls=2000, chunks=20_000, chunk_runs=3,
+              resume_events=10_000, resume_runs=3, agents=50, turns_per_agent=50)
+QUICK = Counts(spawn_runs=2, status_warmup=20, status_calls=200, chunks=2_000, chunk_runs=1,
+               resume_events=1_000, resume_runs=1, agents=5, turns_per_agent=10)
+
+
+@dataclass
+class Row:
+    """One figure. `target` with `lower_is_better` gives pass/fail; rows without a target are context."""
+
+    name: str
+    value: float | None
+    unit: str
+    target: float | None = None
+    lower_is_better: bool = True
+    note: str = ""
+    error: bool = False
+
+    @property
+    def passed(self) -> bool | None:
+        if self.target is None or self.value is None:
+            return None
+        return self.value < self.target if self.lower_is_better else self.value > self.target
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "ERROR"
+        if self.value is None:
+            return "n/a"
+        return {True: "pass", False: "FAIL", None: "-"}[self.passed]
+
+    @property
+    def target_text(self) -> str:
+        if self.target is None:
+            return "-"
+        return f"{'<' if self.lower_is_better else '>'} {self.target:,g}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "target_op": None if self.target is None else ("<" if self.lower_is_better else ">"),
+                "passed": self.passed, "status": self.status}
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value == int(value) and abs(value) >= 100:
+        return f"{int(value):,}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    """Nearest-rank percentile (no interpolation, so p99 is a sample that really happened)."""
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+# --- servers ----------------------------------------------------------------------
+
+
+class TempDirs:
+    """Every temp dir the run creates, removed at the end."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def new(self, kind: str) -> str:
+        path = tempfile.mkdtemp(prefix=f"kode-bench-{kind}-")
+        self.paths.append(path)
+        return path
+
+    def cleanup(self) -> None:
+        for path in self.paths:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class TimedClient(RpcClient):
+    """`RpcClient` that lets a benchmark see each message (with its arrival time) before dispatch.
+
+    Hooks `RpcClient._dispatch`, the one place every decoded message passes through.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.on_message: Callable[[dict[str, Any], float], None] | None = None
+        super().__init__(*args, **kwargs)
+
+    async def _dispatch(self, msg: dict[str, Any]) -> None:
+        if self.on_message is not None:
+            self.on_message(msg, time.perf_counter())
+        await super()._dispatch(msg)
+
+
+def server_env(tmp: TempDirs, data_dir: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
+    env["KODE_DATA_DIR"] = data_dir or tmp.new("data")
+    env["KODE_LOG_DIR"] = tmp.new("log")
+    env["KODE_CONFIG_DIR"] = tmp.new("config")
+    return env
+
+
+async def start_server(env: dict[str, str]) -> TimedClient:
+    client = await TimedClient.spawn(env=env)
+    try:
+        await client.initialize(processId=os.getpid())
+    except BaseException:
+        client.kill()
+        await client.wait_exit()
+        raise
+    return client
+
+
+async def stop_server(client: RpcClient) -> None:
+    code = await client.close()
+    check(code == 0, f"server pid {client.proc.pid} exited with code {code} after shutdown+exit")
+    check(not client.stray, f"server wrote non-protocol bytes to stdout: {client.stray[:200]!r}")
+
+
+@asynccontextmanager
+async def running_server(tmp: TempDirs, data_dir: str | None = None) -> AsyncIterator[TimedClient]:
+    client = await start_server(server_env(tmp, data_dir))
+    try:
+        yield client
+    except BaseException:
+        client.kill()
+        await client.wait_exit()
+        raise
+    await stop_server(client)
+
+
+async def create_agent(client: RpcClient, model: dict[str, Any]) -> str:
+    info = await client.request("agent/create", {"model": model})
+    return str(info["agentId"])
+
+
+async def complete(client: RpcClient, agent_id: str, text: str, timeout: float = 120.0) -> dict[str, Any]:
+    result = await client.request("agent/complete", {"agentId": agent_id, "text": text}, timeout=timeout)
+    check(result["status"] == "ok", f"agent/complete on {agent_id} ended {result['status']!r}")
+    return result
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """`field` of /proc/<pid>/status in MB (MiB); None where there is no /proc (not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        return None
+    raise BenchError(f"no {field} in /proc/{pid}/status")
+
+
+# --- measurements -----------------------------------------------------------------
+
+
+async def python_startup_ms() -> float:
+    start = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    check(await proc.wait() == 0, "`python -c pass` failed")
+    return (time.perf_counter() - start) * 1000
+
+
+async def spawn_to_initialize_ms(tmp: TempDirs) -> float:
+    env = server_env(tmp)
+    start = time.perf_counter()
+    client = await start_server(env)
+    elapsed = (time.perf_counter() - start) * 1000
+    await stop_server(client)
+    return elapsed
+
+
+async def bench_spawn(counts: Counts, tmp: TempDirs) -> list[Row]:
+    """Spawn-to-initialize latency.
+
+    Editors spawn the server when a window opens or a chat panel first shows, and
+    nothing works until `initialize` is answered: this is the wait the user sees on
+    every start. Each run has a fresh data dir, so it includes creating the store.
+    `python -c pass` is the floor set by the interpreter itself.
+    """
+    baseline = [await python_startup_ms() for _ in range(max(counts.spawn_runs, 5))]
+    runs = [await spawn_to_initialize_ms(tmp) for _ in range(counts.spawn_runs)]
+    return [
+        Row("spawn_to_initialize_median", statistics.median(runs), "ms", 300,
+            note=f"N={len(runs)}, fresh data dir each"),
+        Row("spawn_to_initialize_best", min(runs), "ms", 300, note=f"N={len(runs)}"),
+        Row("python_startup_median (baseline)", statistics.median(baseline), "ms",
+            note=f"`python -c pass`, N={len(baseline)}"),
+    ]
+
+
+async def bench_status(counts: Counts, tmp: TempDirs) -> list[Row]:
+    """`agent/status` round trip on an active echo agent.
+
+    The cheapest request there is, so it measures the fixed cost of one message through
+    framing, dispatch, validation and serialization both ways. UIs poll status and every
+    other request pays at least this much.
+    """
+    async with running_server(tmp) as client:
+        agent_id = await create_agent(client, {"provider": "echo"})
+        await complete(client, agent_id, "warm up")
+        params = {"agentId": agent_id}
+        for _ in range(counts.status_warmup):
+            await client.request("agent/status", params)
+        samples: list[float] = []
+        for _ in range(counts.status_calls):
+            start = time.perf_counter()
+            status = await client.request("agent/status", params)
+            samples.append((time.perf_counter() - start) * 1000)
+        check(status["agentId"] == agent_id and status["active"] is True,
+              f"agent/status: expected active agent {agent_id}, got {status}")
+    n = f"N={len(samples)} after {counts.status_warmup} warm-up"
+    return [
+        Row("agent_status_rtt_p50", percentile(samples, 50), "ms", 0.5, note=n),
+        Row("agent_status_rtt_p99", percentile(samples, 99), "ms", note=n),
+    ]
+
+
+@dataclass
+class StreamRun:
+    """One streamed turn, timed at the client (seconds from `time.perf_counter`)."""
+
+    deltas: int
+    events: int
+    sent: float
+    chunk_times: list[float]
+    done: float
+
+    @property
+    def window(self) -> float:
+        return self.done - self.chunk_times[0]
+
+    @property
+    def deltas_per_s(self) -> float:
+        return self.deltas / self.window
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.window
+
+    @property
+    def send_to_done_deltas_per_s(self) -> float:
+        return self.deltas / (self.done - self.sent)
+
+    @property
+    def first_chunk_ms(self) -> float:
+        return (self.chunk_times[0] - self.sent) * 1000
+
+    @property
+    def max_gap_ms(self) -> float:
+        times = self.chunk_times + [self.done]
+        return max(b - a for a, b in zip(times, times[1:])) * 1000
+
+
+class StreamWatch:
+    """Arrival time of each `text_chunk` of one agent; `finished` resolves on its `done`.
+
+    Waiting on a future instead of `RpcClient.wait_event` keeps the client from rescanning
+    its whole event list while 20,000 events arrive: the client must not be the bottleneck.
+    """
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self.chunk_times: list[float] = []
+        self.finished: asyncio.Future[tuple[dict[str, Any], float]] = asyncio.get_running_loop().create_future()
+
+    def __call__(self, msg: dict[str, Any], now: float) -> None:
+        if msg.get("method") != "agent/event" or msg["params"]["agentId"] != self.agent_id:
+            return
+        etype = msg["params"]["event"]["type"]
+        if etype == "text_chunk":
+            self.chunk_times.append(now)
+        elif etype == "done" and not self.finished.done():
+            self.finished.set_result((msg["params"], now))
+
+
+async def stream_once(client: TimedClient, deltas: list[str]) -> StreamRun:
+    """One scripted turn streaming `deltas`; checks the text that arrived."""
+    agent_id = await create_agent(client, {"provider": "scripted", "script": [{"chunks": deltas}]})
+    watch = StreamWatch(agent_id)
+    client.on_message = watch
+    try:
+        sent_at = time.perf_counter()
+        sent = await client.request("agent/send", {"agentId": agent_id, "text": "stream"})
+        done, done_at = await asyncio.wait_for(watch.finished, timeout=300)
+    finally:
+        client.on_message = None
+    check(done["event"]["reason"] == "completed", f"turn ended {done['event']['reason']!r}")
+    chunk_events = [e for e in client.events_of(agent_id, "text_chunk") if e.get("turnId") == sent["turnId"]]
+    check_stream(chunk_events, client.events_of(agent_id, "text_chunk_end"), "".join(deltas))
+    check(len(watch.chunk_times) == len(chunk_events), "text_chunk events seen twice or missed by the watch")
+    return StreamRun(len(deltas), len(chunk_events), sent_at, watch.chunk_times, done_at)
+
+
+def check_stream(chunk_events: list[dict[str, Any]], end_events: list[dict[str, Any]], expected: str) -> None:
+    """Deltas may be merged, never split, lost or reordered: their concatenation is the text."""
+    check(bool(chunk_events), "no text_chunk event arrived")
+    got = "".join(e["event"]["delta"] for e in chunk_events)
+    if got != expected:
+        at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+        raise BenchError(f"concatenated text_chunk deltas differ from the script at char {at}: "
+                         f"got {len(got)} chars ...{got[at:at + 40]!r}, expected {len(expected)} "
+                         f"chars ...{expected[at:at + 40]!r}")
+    seqs = [e["seq"] for e in chunk_events]
+    check(seqs == sorted(seqs), "text_chunk events arrived out of seq order")
+    check(len(end_events) == 1 and end_events[0]["event"]["text"] == expected,
+          "text_chunk_end.text is not the concatenation of the deltas")
+
+
+def median_of(runs: list[Any], attr: str) -> float:
+    return statistics.median(getattr(r, attr) for r in runs)
+
+
+def spread(runs: list[Any], attr: str) -> str:
+    """`median of N (min-max)` for the note column; just `1 run` when there is one."""
+    if len(runs) == 1:
+        return "1 run"
+    values = [getattr(r, attr) for r in runs]
+    return f"median of {len(runs)} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+async def bench_chunks(counts: Counts, tmp: TempDirs) -> list[Row]:
+    """`text_chunk` throughput as seen by the client.
+
+    Streaming is what the user watches; the server must keep up with a fast model
+    (and with a long answer) without its per-event costs (store append and commit,
+    JSON, framing, pipe write) becoming the bottleneck. The primary row times the
+    first `text_chunk` to `done`; because delivery waits for the store's group commit,
+    that window depends on how the commits fall, so send-to-done, the wait for the
+    first chunk and the longest silence in the stream are reported too.
+    """
+    deltas = [f"w{i} " for i in range(counts.chunks)]
+    async with running_server(tmp) as client:
+        runs = [await stream_once(client, deltas) for _ in range(counts.chunk_runs)]
+    events = statistics.median(r.events for r in runs)
+    shape = f"{counts.chunks:,} deltas in {events:,.0f} events"
+    return [
+        Row("text_chunk_deltas_per_s (first chunk to done)", median_of(runs, "deltas_per_s"), "deltas/s",
+            20_000, lower_is_better=False, note=f"{shape}, {spread(runs, 'deltas_per_s')}"),
+        Row("text_chunk_events_per_s (first chunk to done)", median_of(runs, "events_per_s"), "events/s",
+            note=spread(runs, "events_per_s")),
+        Row("text_chunk_deltas_per_s (send to done)", median_of(runs, "send_to_done_deltas_per_s"), "deltas/s",
+            note=spread(runs, "send_to_done_deltas_per_s")),
+        Row("text_chunk_first_latency", median_of(runs, "first_chunk_ms"), "ms",
+            note=f"agent/send to first text_chunk, {spread(runs, 'first_chunk_ms')}"),
+        Row("text_chunk_max_gap", median_of(runs, "max_gap_ms"), "ms",
+            note=f"longest silence between chunks, {spread(runs, 'max_gap_ms')}"),
+    ]
+
+
+async def build_long_history(client: RpcClient, min_events: int) -> str:
+    """A scripted agent whose store holds at least `min_events` events."""
+    script = [{"chunks": [f"e{i} " for i in range(min_events)]}]
+    agent_id = await create_agent(client, {"provider": "scripted", "script": script})
+    last_seq = 0
+    for turn in range(min_events):  # a turn adds >= 1 event, so this always ends
+        last_seq = (await complete(client, agent_id, f"turn {turn}", timeout=300))["lastSeq"]
+        if last_seq >= min_events:
+            break
+    status = await client.request("agent/status", {"agentId": agent_id})
+    check(status["lastSeq"] >= min_events, f"history has {status['lastSeq']} events, wanted {min_events}")
+    return agent_id
+
+
+def check_replay(client: RpcClient, agent_id: str, min_events: int, result: dict[str, Any]) -> int:
+    """Every stored event came back (`replay: true`, seq 1..n in order, no gap), then `agent_resumed`."""
+    events = client.events_of(agent_id)
+    replayed = [e for e in events if e.get("replay")]
+    live = [e for e in events if not e.get("replay")]
+    check(bool(live) and live[0]["event"]["type"] == "agent_resumed",
+          f"expected agent_resumed right after the replay, got {[e['event']['type'] for e in live[:3]]}")
+    check(events.index(live[0]) == len(replayed), "a live event arrived in the middle of the replay")
+    seqs = [e["seq"] for e in replayed]
+    check(seqs == list(range(1, live[0]["seq"])),
+          f"replay: expected seq 1..{live[0]['seq'] - 1} in order before agent_resumed, got {len(seqs)} "
+          f"events (first {seqs[:3]}, last {seqs[-3:]})")
+    check(len(replayed) >= min_events, f"replayed {len(replayed)} events, the history has >= {min_events}")
+    check(result.get("replayed") == len(replayed),
+          f"agent/resume says replayed={result.get('replayed')}, client received {len(replayed)}")
+    return len(replayed)
+
+
+@dataclass
+class ResumeRun:
+    total_ms: float
+    first_event_ms: float
+    replayed: int
+
+
+async def resume_once(tmp: TempDirs, data_dir: str, agent_id: str, min_events: int) -> ResumeRun:
+    """`agent/resume {since: 0}` in a new server on `data_dir`, through `RpcClient`."""
+    first: list[float] = []
+
+    def on_message(msg: dict[str, Any], now: float) -> None:
+        if not first and msg.get("method") == "agent/event" and msg["params"].get("replay"):
+            first.append(now)
+
+    async with running_server(tmp, data_dir) as client:
+        client.on_message = on_message
+        start = time.perf_counter()
+        result = await client.request("agent/resume", {"agentId": agent_id, "since": 0}, timeout=300)
+        total_ms = (time.perf_counter() - start) * 1000
+        client.on_message = None
+        replayed = check_replay(client, agent_id, min_events, result)
+    return ResumeRun(total_ms, (first[0] - start) * 1000, replayed)
+
+
+class RawServer:
+    """Just enough of a client to time the server alone: it splits frames but never
+    JSON-decodes an `agent/event` body, so it is not bounded by a Python client's parsing."""
+
+    EVENT_PREFIX = b'{"jsonrpc":"2.0","method":"agent/event"'
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.ids = itertools.count(1)
+
+    @classmethod
+    async def spawn(cls, env: dict[str, str]) -> "RawServer":
+        proc = await asyncio.create_subprocess_exec(
+            *server_command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, env=env, limit=1 << 26)
+        return cls(proc)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        body = json.dumps(msg).encode("utf-8")
+        self.proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    async def frame(self) -> bytes:
+        assert self.proc.stdout is not None
+        header = await self.proc.stdout.readuntil(b"\r\n\r\n")
+        for line in header.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                return await self.proc.stdout.readexactly(int(line.split(b":", 1)[1]))
+        raise BenchError(f"frame without Content-Length: {header[:100]!r}")
+
+    async def call(self, method: str, params: Any = None) -> tuple[Any, int]:
+        """Send a request, read until its response; returns (result, agent/event frames before it)."""
+        msg_id = next(self.ids)
+        self.send({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params or {}})
+        events = 0
+        while True:
+            body = await self.frame()
+            if body.startswith(self.EVENT_PREFIX):
+                events += 1
+                continue
+            msg = json.loads(body)
+            if msg.get("method") == "agent/event":
+                events += 1
+            elif msg.get("id") == msg_id:
+                check("error" not in msg, f"{method} failed: {msg.get('error')}")
+                return msg.get("result"), events
+
+    async def close(self) -> None:
+        await self.call("shutdown")
+        self.send({"jsonrpc": "2.0", "method": "exit"})
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), 10)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            code = await self.proc.wait()
+        check(code == 0, f"server pid {self.proc.pid} exited with code {code} after shutdown+exit")
+
+
+async def resume_wire_ms(tmp: TempDirs, data_dir: str, agent_id: str, min_events: int) -> float:
+    """`agent/resume {since: 0}` from request written to response read, events left undecoded."""
+    server = await RawServer.spawn(server_env(tmp, data_dir))
+    try:
+        await server.call("initialize", {"protocolVersion": 1, "clientInfo": {"name": "kode-rpc-bench"}})
+        start = time.perf_counter()
+        result, events = await server.call("agent/resume", {"agentId": agent_id, "since": 0})
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        check(result["replayed"] >= min_events and events == result["replayed"] + 1,
+              f"raw resume: replayed={result['replayed']}, {events} events before the response")
+        await server.close()
+    finally:
+        if server.proc.returncode is None:
+            server.proc.kill()
+            await server.proc.wait()
+    return elapsed_ms
+
+
+async def bench_resume(counts: Counts, tmp: TempDirs) -> list[Row]:
+    """Resume (with full replay) of an agent with a long history, in a fresh server.
+
+    After a restart or a reload of the editor window, the client resumes its agents
+    with `since: 0` (or an old cursor) to rebuild the transcript; the chat stays blank
+    until the response. This includes loading the agent from SQLite, taking its lease,
+    reading every event and streaming them all to the client, which must parse them:
+    the wire row shows the server's share (a client that does not decode the events).
+    """
+    data_dir = tmp.new("data")
+    async with running_server(tmp, data_dir) as client:
+        agent_id = await build_long_history(client, counts.resume_events)
+    runs = [await resume_once(tmp, data_dir, agent_id, counts.resume_events) for _ in range(counts.resume_runs)]
+    wire = [await resume_wire_ms(tmp, data_dir, agent_id, counts.resume_events) for _ in range(counts.resume_runs)]
+    replayed = runs[0].replayed
+    return [
+        Row("resume_since_0", median_of(runs, "total_ms"), "ms", 50,
+            note=f"request to response via RpcClient, {replayed:,} events, {spread(runs, 'total_ms')}"),
+        Row("resume_since_0_first_event", median_of(runs, "first_event_ms"), "ms",
+            note=f"request to first replayed event, {spread(runs, 'first_event_ms')}"),
+        Row("resume_since_0_wire", statistics.median(wire), "ms",
+            note=f"same, events framed but not JSON-decoded, {len(wire)} run(s), best {min(wire):.0f}"),
+        Row("resume_events_replayed", replayed, "events", note="first run (each resume adds agent_resumed)"),
+    ]
+
+
+async def fill_agent(client: RpcClient, agent_id: str, turns: int) -> None:
+    for turn in range(turns):
+        text = f"{agent_id} message {turn}: " + "lorem ipsum " * 8
+        result = await complete(client, agent_id, text)
+        check(result["text"] == text, f"echo agent {agent_id} answered {result['text'][:60]!r}")
+
+
+async def check_agents_loaded(client: RpcClient, agent_ids: list[str], messages: int) -> None:
+    for agent_id in agent_ids:
+        status = await client.request("agent/status", {"agentId": agent_id})
+        check(status["messageCount"] == messages and status["active"] is True,
+              f"{agent_id}: messageCount={status['messageCount']} active={status['active']}, "
+              f"expected {messages} messages, active")
+    stats = await client.request("pool/stats")
+    check(stats["active"] == len(agent_ids), f"pool/stats active={stats['active']}, expected {len(agent_ids)}")
+
+
+async def bench_memory(counts: Counts, tmp: TempDirs) -> list[Row]:
+    """Resident memory of one server holding many active agents.
+
+    One server per editor window, running for days, with a pool of up to 50 agents
+    kept in memory (the default `maxAgents`): its RSS is what the user pays for
+    keeping it around. The idle row is the cost of an empty server.
+    """
+    async with running_server(tmp) as client:
+        pid = client.proc.pid
+        idle = rss_mb(pid)
+        agent_ids = [await create_agent(client, {"provider": "echo"}) for _ in range(counts.agents)]
+        start = time.perf_counter()
+        await asyncio.gather(*(fill_agent(client, a, counts.turns_per_agent) for a in agent_ids))
+        fill_s = time.perf_counter() - start
+        await check_agents_loaded(client, agent_ids, 2 * counts.turns_per_agent)
+        loaded, peak = rss_mb(pid), rss_mb(pid, "VmHWM")
+    shape = f"{counts.agents} echo agents x {2 * counts.turns_per_agent} messages"
+    per_agent = None if loaded is None or idle is None else (loaded - idle) / counts.agents * 1024
+    turns = counts.agents * counts.turns_per_agent
+    return [
+        Row("rss_loaded", loaded, "MB", 100, note=shape),
+        Row("rss_peak_loaded (VmHWM)", peak, "MB", note=shape),
+        Row("rss_idle_after_initialize (baseline)", idle, "MB"),
+        Row("rss_per_agent", per_agent, "KB", note="(loaded - idle) / agents"),
+        Row("echo_turns_per_s (while filling)", turns / fill_s, "turns/s",
+            note=f"{turns:,} agent/complete, {counts.agents} agents in parallel"),
+    ]
+
+
+MEASUREMENTS: list[tuple[str, Callable[[Counts, TempDirs], Awaitable[list[Row]]]]] = [
+    ("spawn", bench_spawn),
+    ("status", bench_status),
+    ("chunks", bench_chunks),
+    ("resume", bench_resume),
+    ("memory", bench_memory),
+]
+
+
+# --- running and reporting ----------------------------------------------------------
+
+
+async def run_all(counts: Counts, tmp: TempDirs) -> tuple[list[Row], list[str]]:
+    rows: list[Row] = []
+    errors: list[str] = []
+    for name, measure in MEASUREMENTS:
+        start = time.perf_counter()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        try:
+            rows.extend(await measure(counts, tmp))
+        except Exception as exc:  # one broken measurement must not hide the others
+            traceback.print_exc()
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            rows.append(Row(name, None, "", note=f"{type(exc).__name__}: {exc}", error=True))
+        print(f"[bench] {name} took {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return rows, errors
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "kode_rpc": kode_version,
+        "bytecode_cache": "off (PYTHONDONTWRITEBYTECODE)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def render_table(rows: list[Row]) -> str:
+    header = ("name", "value", "unit", "target", "result", "note")
+    cells = [header] + [(r.name, fmt(r.value), r.unit, r.target_text, r.status, r.note) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
+    lines = []
+    for i, c in enumerate(cells):
+        lines.append("  ".join([c[0].ljust(widths[0]), c[1].rjust(widths[1]),
+                                *(c[j].ljust(widths[j]) for j in range(2, 5)), c[5]]).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 4)
+    return "\n".join(lines)
+
+
+def write_json(path: Path, rows: list[Row], errors: list[str], quick: bool, counts: Counts, seconds: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {"machine": machine_info(), "mode": "quick" if quick else "full", "counts": asdict(counts),
+              "duration_s": round(seconds, 1), "errors": errors, "results": [r.to_json() for r in rows]}
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark kode-rpc over its real stdio transport.")
+    parser.add_argument("--quick", action="store_true", help="small counts, a smoke run of every measurement (< 20 s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (default {DEFAULT_OUT})")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    counts = QUICK if args.quick else FULL
+    tmp = TempDirs()
+    start = time.perf_counter()
+    try:
+        rows, errors = asyncio.run(run_all(counts, tmp))
+    finally:
+        tmp.cleanup()
+    seconds = time.perf_counter() - start
+    info = machine_info()
+    print(f"kode-rpc {info['kode_rpc']} bench ({'quick' if args.quick else 'full'}), Python {info['python']}, "
+          f"{info['platform']}, {info['cpu_count']} CPUs, bytecode cache {info['bytecode_cache']}, "
+          f"{info['date']}, {seconds:.1f} s")
+    print(render_table(rows))
+    write_json(args.out, rows, errors, args.quick, counts, seconds)
+    print(f"wrote {args.out}")
+    for error in errors:
+        print(f"ERROR {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
