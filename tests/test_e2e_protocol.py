@@ -180,3 +180,26 @@ def test_schema_command_exports_every_method() -> None:
 def test_version_flag() -> None:
     out = subprocess.run([sys.executable, "-m", "kode_rpc", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("kode-rpc ")
+
+
+async def test_pipelined_requests_right_after_initialize(spawn: Spawn) -> None:
+    """Requests sent before pygls has loaded wait for it and run in arrival order."""
+    c = await spawn(init=False)
+    msgs = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": 1}},
+        {"jsonrpc": "2.0", "id": 2, "method": "agent/create", "params": {"agentId": "pipe"}},
+        {"jsonrpc": "2.0", "id": 3, "method": "agent/send", "params": {"agentId": "pipe", "text": "fast"}},
+        {"jsonrpc": "2.0", "id": 4, "method": "agent/status", "params": {"agentId": "pipe"}},
+        {"jsonrpc": "2.0", "id": 5, "method": "agent/status", "params": {"agentId": "pipe"}},
+        {"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 5}},
+    ]
+    c.write_raw(b"".join(frame(json.dumps(m).encode()) for m in msgs))
+    replies = await c.wait_for(lambda: (r := {m["id"]: m for m in c.messages if "id" in m and "method" not in m})
+                               and len(r) == 5 and r)
+    assert replies[1]["result"]["protocolVersion"] == 1
+    assert replies[2]["result"]["agentId"] == "pipe"
+    assert replies[3]["result"]["queued"] is False
+    assert replies[4]["result"]["agentId"] == "pipe"
+    assert replies[5]["error"]["code"] == -32800
+    done = await c.wait_event("pipe", "done")
+    assert done["event"]["reason"] == "completed"

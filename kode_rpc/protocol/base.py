@@ -21,6 +21,7 @@ class WireModel(BaseModel):
         populate_by_name=True,
         extra="ignore",
         frozen=False,
+        defer_build=True,  # build validators on first use: keeps them off the start-up path
     )
 
     def wire(self) -> dict[str, Any]:

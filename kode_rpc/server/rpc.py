@@ -1,11 +1,15 @@
 """The JSON-RPC connection: frames in, pygls dispatch, frames out.
 
-pygls (`JsonRPCProtocol`) keeps the method table, runs handlers as tasks, and
-matches our `approval/request` with the client's reply. Everything pygls does
-not do for a plain JSON-RPC server is here, in front of it: framing (both
-kinds), parse errors, batches, size limits, `initialize`/`shutdown` gating,
+pygls (`JsonRPCProtocol`, in `dispatch.py`) keeps the method table, runs handlers
+as tasks, and matches our `approval/request` with the client's reply. Everything
+pygls does not do for a plain JSON-RPC server is here, in front of it: framing
+(both kinds), parse errors, batches, size limits, `initialize`/`shutdown` gating,
 params that are absent or `[]`, `$/cancelRequest` with dict params, late replies,
 and serialization that keeps `"result": null` and uses byte lengths.
+
+Importing pygls costs about as much as the rest of start-up together (its
+`lsprotocol.types`), so `initialize` is answered here directly and pygls is
+imported right after; requests that arrive meanwhile wait in arrival order.
 """
 
 from __future__ import annotations
@@ -20,11 +24,6 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
-
-from lsprotocol.types import ResponseErrorMessage
-from pygls.exceptions import JsonRpcException
-from pygls.protocol import JsonRPCNotification, JsonRPCProtocol, JsonRPCRequestMessage, JsonRPCResponseMessage
-from pygls.server import JsonRPCServer
 
 from ..protocol.errors import (
     INTERNAL_ERROR,
@@ -113,82 +112,16 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-class KodeProtocol(JsonRPCProtocol):
-    """pygls' JSON-RPC protocol with the contract's serialization and error rules."""
-
-    conn: "Connection"
-
-    def _send_data(self, data: Any) -> None:
-        if isinstance(data, ResponseErrorMessage):
-            err = data.error
-            payload: dict[str, Any] = {"jsonrpc": "2.0", "id": data.id,
-                                       "error": {"code": err.code, "message": err.message}}
-            if err.data is not None:
-                payload["error"]["data"] = err.data
-        elif isinstance(data, JsonRPCResponseMessage):
-            payload = {"jsonrpc": "2.0", "id": data.id, "result": data.result}
-        elif isinstance(data, JsonRPCRequestMessage):
-            payload = {"jsonrpc": "2.0", "id": data.id, "method": data.method, "params": data.params}
-        elif isinstance(data, JsonRPCNotification):
-            payload = {"jsonrpc": "2.0", "method": data.method, "params": data.params}
-        else:
-            payload = data
-        self.conn.output.send(dumps(payload))
-
-    def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
-        self._request_futures.pop(msg_id, None)
-        after: Callable[[], None] | None = None
-        if future.cancelled():
-            self.conn.send_error(msg_id, RpcError(REQUEST_CANCELLED, f"request {msg_id!r} was cancelled", "cancelled"))
-            return
-        exc = future.exception()
-        if exc is None:
-            result = future.result()
-            if isinstance(result, AfterResponse):
-                result, after = result.result, result.after
-            self.conn.output.send(dumps({"jsonrpc": "2.0", "id": msg_id, "result": result}))
-            if after is not None:
-                after()
-            return
-        if isinstance(exc, RpcError):
-            self.conn.send_error(msg_id, exc)
-        elif isinstance(exc, JsonRpcException):
-            self.conn.send_error(msg_id, RpcError(exc.code, exc.message, "rpc_error"))
-        else:
-            log.error("internal error in request %r", msg_id, exc_info=exc)
-            self.conn.send_error(msg_id, RpcError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}", "internal"))
-
-    def _handle_response(self, msg_id: Any, result: Any = None, error: Any = None) -> None:
-        future = self._request_futures.pop(msg_id, None)
-        if future is None or future.done():
-            log.info("ignoring late or unknown response id %r", msg_id)
-            return
-        if error is not None:
-            future.set_exception(JsonRpcException(
-                message=str(error.get("message", "error")) if isinstance(error, dict) else "error",
-                code=error.get("code", INTERNAL_ERROR) if isinstance(error, dict) else INTERNAL_ERROR,
-                data=error.get("data") if isinstance(error, dict) else None,
-            ))
-        else:
-            future.set_result(result)
-
-
-def _dict_converter() -> Any:
-    """pygls needs a converter, but ours is never asked to structure anything (we hand
-    pygls dicts and serialize ourselves), so a bare one saves lsprotocol's hook setup."""
-    import cattrs
-
-    return cattrs.Converter()
-
-
 class Connection:
     """Reads frames, validates envelopes, gates on the lifecycle, hands requests to pygls."""
 
     def __init__(self, output: Output, framing: str) -> None:
         self.output = output
-        self.server = JsonRPCServer(KodeProtocol, _dict_converter)
-        self.protocol: KodeProtocol = self.server.protocol  # type: ignore[assignment]
-        self.protocol.conn = self
+        self.protocol: Any = None
+        """pygls' protocol (`dispatch.KodeProtocol`) once loaded; None before."""
+        self.handlers: dict[str, Handler] = {}
+        self._waiting: list[tuple[Any, str, dict[str, Any]]] = []
+        self._loading: asyncio.Future[None] | None = None
         self.parser = NdjsonParser() if framing == "ndjson" else ContentLengthParser()
         self.initialized = False
         self.initializing = False
@@ -198,7 +131,28 @@ class Connection:
 
     # --- registration ------------------------------------------------------
     def register(self, method: str, handler: Handler) -> None:
-        self.server.feature(method)(handler)
+        self.handlers[method] = handler
+
+    def load_dispatch(self) -> asyncio.Future[None]:
+        """Import pygls on a thread (the loop keeps serving), then hand it the handlers
+        and every request that arrived meanwhile, in order."""
+        if self._loading is None:
+            loop = asyncio.get_running_loop()
+
+            def attach(fut: asyncio.Future[Any]) -> None:
+                self.protocol = fut.result().make_protocol(self)
+                waiting, self._waiting = self._waiting, []
+                for msg_id, method, params in waiting:
+                    self._dispatch(msg_id, method, params)
+
+            def load() -> Any:
+                import importlib
+
+                return importlib.import_module("kode_rpc.server.dispatch")
+
+            self._loading = loop.run_in_executor(None, load)
+            self._loading.add_done_callback(attach)
+        return self._loading
 
     # --- sending -------------------------------------------------------------
     def send_error(self, msg_id: Any, err: RpcError) -> None:
@@ -215,11 +169,11 @@ class Connection:
         import uuid
 
         msg_id = f"kode-{uuid.uuid4().hex[:12]}"
-        fut = self.protocol.send_request_async(method, params, msg_id=msg_id)
+        fut: asyncio.Future[Any] = self.protocol.send_request_async(method, params, msg_id=msg_id)
         return msg_id, fut
 
     def cancel_outgoing(self, msg_id: str) -> None:
-        fut = self.protocol._request_futures.pop(msg_id, None)
+        fut = self.protocol._request_futures.pop(msg_id, None) if self.protocol else None
         if fut is not None and not fut.done():
             fut.cancel()
         self.notify("$/cancelRequest", {"id": msg_id})
@@ -263,7 +217,8 @@ class Connection:
         msg_id = msg.get("id")
         if "method" not in msg:
             if has_id and ("result" in msg or "error" in msg) and _valid_id(msg_id) is not None:
-                self.protocol._handle_response(msg_id, msg.get("result"), msg.get("error"))
+                if self.protocol is not None:
+                    self.protocol._handle_response(msg_id, msg.get("result"), msg.get("error"))
             else:
                 self.send_error(_valid_id(msg_id), RpcError(INVALID_REQUEST, "not a request, notification or response", "invalid_request"))
             return
@@ -298,13 +253,42 @@ class Connection:
                 self.send_error(msg_id, RpcError(NOT_INITIALIZED, "already initialized", "already_initialized"))
                 return
             self.initializing = True
+        elif self.initializing:  # pipelined behind initialize: runs once it succeeded
+            self._waiting.append((msg_id, method, params))
+            return
         elif not self.initialized:
             self.send_error(msg_id, RpcError(NOT_INITIALIZED, "initialize must be the first request", "not_initialized"))
             return
         if method not in REQUESTS:
             self.send_error(msg_id, RpcError(METHOD_NOT_FOUND, f"unknown method: {method}", "method_not_found", method=method))
             return
-        self.protocol.handle_message(JsonRPCRequestMessage(id=msg_id, method=method, params=params, jsonrpc="2.0"))
+        if method == "initialize":
+            asyncio.ensure_future(self._initialize(msg_id, params))
+        elif self.protocol is None or self._waiting:
+            self._waiting.append((msg_id, method, params))
+        else:
+            self._dispatch(msg_id, method, params)
+
+    def _dispatch(self, msg_id: Any, method: str, params: dict[str, Any]) -> None:
+        self.protocol.dispatch(msg_id, method, params)
+
+    async def _initialize(self, msg_id: Any, params: dict[str, Any]) -> None:
+        """`initialize` is answered without pygls, which loads right after the answer."""
+        try:
+            result = await self.handlers["initialize"](params)
+        except Exception as exc:
+            err = exc if isinstance(exc, RpcError) else RpcError(
+                INTERNAL_ERROR, f"internal error: {type(exc).__name__}", "internal")
+            if not isinstance(exc, RpcError):
+                log.error("initialize failed", exc_info=exc)
+            self.initializing = False
+            self.send_error(msg_id, err)
+            waiting, self._waiting = self._waiting, []
+            for other_id, _, _ in waiting:
+                self.send_error(other_id, RpcError(NOT_INITIALIZED, "initialize must succeed first", "not_initialized"))
+            return
+        self.output.send(dumps({"jsonrpc": "2.0", "id": msg_id, "result": result}))
+        self.load_dispatch()
 
     def _on_notification(self, method: str, params: dict[str, Any]) -> None:
         if method == "exit":
@@ -313,7 +297,14 @@ class Connection:
             return
         elif method == "$/cancelRequest":
             target = params.get("id")
-            fut = self.protocol._request_futures.get(target) if _valid_id(target) is not None else None
+            if _valid_id(target) is None:
+                return
+            queued = next((w for w in self._waiting if w[0] == target), None)
+            if queued is not None:  # not started yet: answer it now
+                self._waiting.remove(queued)
+                self.send_error(target, RpcError(REQUEST_CANCELLED, f"request {target!r} was cancelled", "cancelled"))
+                return
+            fut = self.protocol._request_futures.get(target) if self.protocol is not None else None
             if fut is not None and not fut.done():
                 fut.cancel()
         else:
