@@ -15,6 +15,8 @@ from kode_rpc.sandbox.local import LocalSandbox
 from kode_rpc.tools.base import Tool, ToolResult, builtin_tools
 from kode_rpc.tools.bash import OutputBuffer, ShellRegistry
 
+from .test_sandbox import alive
+
 TOOLS: dict[str, Tool] = builtin_tools()
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
 
@@ -53,13 +55,6 @@ async def call(ctx: FakeCtx, name: str, **args: Any) -> ToolResult:
     return await tool.run(ctx, tool.input_model.model_validate(args))
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return False
-    return raw[raw.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 def session_of(pid: int) -> int:

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import Field
 
@@ -37,7 +37,6 @@ DIFF_LIMIT = 20_000
 GREP_LINE_LIMIT = 500
 SKIP_DIRS = frozenset({".git", "node_modules"})
 
-T = TypeVar("T")
 
 
 class _Fail(Exception):
@@ -48,10 +47,11 @@ class _Fail(Exception):
         self.result = ToolResult.fail(message, error_type, data=data)
 
 
-async def _guarded(fn: Callable[..., T], *args: Any) -> T | ToolResult:
-    """Run blocking `fn` in a thread, turning expected failures into ToolResults."""
+async def _guarded(fn: Callable[..., dict[str, Any]], *args: Any) -> ToolResult:
+    """Run blocking `fn` in a thread: its dict is the `data` of an ok result, and
+    expected failures become failed results."""
     try:
-        return await asyncio.to_thread(fn, *args)
+        return ToolResult(ok=True, data=await asyncio.to_thread(fn, *args))
     except _Fail as exc:
         return exc.result
     except BoundaryError as exc:
@@ -229,10 +229,7 @@ class FsReadTool(Tool):
     readonly = True
 
     async def run(self, ctx: ToolContext, args: FsReadInput) -> ToolResult:
-        result = await _guarded(self._read, ctx.sandbox, args)
-        if isinstance(result, ToolResult):
-            return result
-        return ToolResult(ok=True, data=result)
+        return await _guarded(self._read, ctx.sandbox, args)
 
     @staticmethod
     def _read(sandbox: Sandbox, args: FsReadInput) -> dict[str, Any]:
@@ -279,10 +276,9 @@ class FsWriteTool(Tool):
 
     async def run(self, ctx: ToolContext, args: FsWriteInput) -> ToolResult:
         result = await _guarded(self._write, ctx.sandbox, args)
-        if isinstance(result, ToolResult):
-            return result
-        ctx.file_changed(result["path"], "added" if result["created"] else "modified")
-        return ToolResult(ok=True, data=result)
+        if result.ok:
+            ctx.file_changed(result.data["path"], "added" if result.data["created"] else "modified")
+        return result
 
     @staticmethod
     def _write(sandbox: Sandbox, args: FsWriteInput) -> dict[str, Any]:
@@ -340,10 +336,9 @@ class FsEditTool(Tool):
 
     async def run(self, ctx: ToolContext, args: FsEditInput) -> ToolResult:
         result = await _guarded(self._edit, ctx.sandbox, args)
-        if isinstance(result, ToolResult):
-            return result
-        ctx.file_changed(result["path"], "modified")
-        return ToolResult(ok=True, data=result)
+        if result.ok:
+            ctx.file_changed(result.data["path"], "modified")
+        return result
 
     @staticmethod
     def _edit(sandbox: Sandbox, args: FsEditInput) -> dict[str, Any]:
@@ -434,11 +429,9 @@ class FsMultiEditTool(Tool):
 
     async def run(self, ctx: ToolContext, args: FsMultiEditInput) -> ToolResult:
         result = await _guarded(self._multi_edit, ctx.sandbox, args)
-        if isinstance(result, ToolResult):
-            return result
-        for path in result["files"]:
+        for path in result.data["files"] if result.ok else []:
             ctx.file_changed(path, "modified")
-        return ToolResult(ok=True, data=result)
+        return result
 
     @staticmethod
     def _multi_edit(sandbox: Sandbox, args: FsMultiEditInput) -> dict[str, Any]:
@@ -502,10 +495,7 @@ class FsGlobTool(Tool):
     readonly = True
 
     async def run(self, ctx: ToolContext, args: FsGlobInput) -> ToolResult:
-        result = await _guarded(self._glob, ctx.sandbox, args)
-        if isinstance(result, ToolResult):
-            return result
-        return ToolResult(ok=True, data=result)
+        return await _guarded(self._glob, ctx.sandbox, args)
 
     @staticmethod
     def _glob(sandbox: Sandbox, args: FsGlobInput) -> dict[str, Any]:
@@ -557,10 +547,7 @@ class FsGrepTool(Tool):
             rx = re.compile(args.pattern if args.regex else re.escape(args.pattern), flags)
         except re.error as exc:
             return ToolResult.fail(f"invalid regular expression: {exc}", "invalid_input")
-        result = await _guarded(self._grep, ctx.sandbox, args, rx)
-        if isinstance(result, ToolResult):
-            return result
-        return ToolResult(ok=True, data=result)
+        return await _guarded(self._grep, ctx.sandbox, args, rx)
 
     @staticmethod
     def _files(root: str) -> Iterator[str]:
