@@ -66,12 +66,16 @@ class Counts:
     resume_runs: int
     agents: int
     turns_per_agent: int
+    provider_runs: int
+    provider_tokens: int
 
 
 FULL = Counts(spawn_runs=10, status_warmup=200, status_calls=2000, chunks=20_000, chunk_runs=3,
-              resume_events=10_000, resume_runs=3, agents=50, turns_per_agent=50)
+              resume_events=10_000, resume_runs=3, agents=50, turns_per_agent=50, provider_runs=10,
+              provider_tokens=2000)
 QUICK = Counts(spawn_runs=2, status_warmup=20, status_calls=200, chunks=2_000, chunk_runs=1,
-               resume_events=1_000, resume_runs=1, agents=5, turns_per_agent=10)
+               resume_events=1_000, resume_runs=1, agents=5, turns_per_agent=10, provider_runs=2,
+               provider_tokens=200)
 
 
 @dataclass
@@ -634,12 +638,87 @@ async def bench_memory(counts: Counts, tmp: TempDirs) -> list[Row]:
     ]
 
 
+# --- provider overhead -------------------------------------------------------------------
+
+
+def openai_stream(tokens: list[str]) -> list[bytes]:
+    """A chat-completions SSE stream, one chunk per token, then usage and [DONE]."""
+    from tests.fakes import sse
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return sse(None, {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1764201600,
+                          "model": "bench", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    return [chunk({"role": "assistant", "content": ""}), *[chunk({"content": t}) for t in tokens],
+            chunk({}, "stop"),
+            sse(None, {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1764201600,
+                       "model": "bench", "choices": [],
+                       "usage": {"prompt_tokens": 10, "completion_tokens": len(tokens), "total_tokens": 10 + len(tokens)}}),
+            sse(None, "[DONE]")]
+
+
+async def bench_provider(counts: Counts, tmp: TempDirs) -> list[Row]:
+    """Provider overhead: what the server adds between a model's bytes and the client.
+
+    A fake OpenAI-compatible server on 127.0.0.1 streams real chat-completions SSE.
+    (1) From the fake server writing its first SSE byte to the client receiving the
+    first `text_chunk`: httpx, SSE parsing, the agent loop, the store commit and the
+    pipe. (2) A stream paced at 1,000 tokens/s: are events delivered as fast as they
+    come (the rate should be the model's, not the server's)?
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.fakes import FakeResponse, FakeServer
+
+    fake = await FakeServer().start()
+    latencies: list[float] = []
+    paced_events = paced_deltas = source_rate = 0.0
+    try:
+        async with running_server(tmp) as client:
+            agent_id = await create_agent(client, {"provider": "openai", "model": "bench", "baseUrl": fake.url + "/v1"})
+            for _ in range(counts.provider_runs):
+                first: list[float] = []
+                client.on_message = lambda msg, now: (not first and msg.get("method") == "agent/event"
+                                                      and msg["params"]["event"]["type"] == "text_chunk"
+                                                      and first.append(time.monotonic()))
+                fake.add(FakeResponse(chunks=openai_stream(["hello ", "world"])))
+                await complete(client, agent_id, "hi")
+                check(bool(first) and bool(fake.first_byte_at), "no text_chunk or no first byte recorded")
+                latencies.append((first[0] - fake.first_byte_at[-1]) * 1000)
+            tokens = [f"t{i} " for i in range(counts.provider_tokens)]
+            times: list[float] = []
+            client.on_message = lambda msg, now: (msg.get("method") == "agent/event"
+                                                  and msg["params"]["agentId"] == agent_id
+                                                  and msg["params"]["event"]["type"] in ("text_chunk", "done")
+                                                  and times.append(now))
+            before = len(client.events_of(agent_id, "text_chunk"))
+            fake.add(FakeResponse(chunks=openai_stream(tokens), delay=0.001))
+            result = await complete(client, agent_id, "stream", timeout=300)
+            check(result["text"] == "".join(tokens), "paced stream arrived altered")
+            events = len(client.events_of(agent_id, "text_chunk")) - before
+            window = times[-1] - times[0]
+            paced_events = events / window
+            paced_deltas = len(tokens) / window
+            source_rate = len(tokens) / (fake.last_byte_at[-1] - fake.first_byte_at[-1])
+    finally:
+        await fake.stop()
+    return [
+        Row("provider_first_byte_to_text_chunk_median", statistics.median(latencies), "ms",
+            note=f"fake OpenAI SSE on 127.0.0.1, N={len(latencies)}"),
+        Row("provider_first_byte_to_text_chunk_p90", percentile(latencies, 90), "ms", note=f"N={len(latencies)}"),
+        Row("provider_paced_source_rate", source_rate, "tokens/s",
+            note=f"{len(tokens)} tokens, 1 ms apart: the rate the fake server achieved"),
+        Row("provider_paced_deltas_per_s", paced_deltas, "deltas/s", note="tokens the client got per second"),
+        Row("provider_paced_events_per_s", paced_events, "events/s", note="text_chunk events the client got"),
+    ]
+
+
 MEASUREMENTS: list[tuple[str, Callable[[Counts, TempDirs], Awaitable[list[Row]]]]] = [
     ("spawn", bench_spawn),
     ("status", bench_status),
     ("chunks", bench_chunks),
     ("resume", bench_resume),
     ("memory", bench_memory),
+    ("provider", bench_provider),
 ]
 
 

@@ -30,7 +30,7 @@ class FakeResponse:
     headers: dict[str, str] = field(default_factory=lambda: {"content-type": "text/event-stream"})
     chunks: list[bytes] = field(default_factory=list)
     delay: float = 0.0
-    """Seconds to wait before each chunk."""
+    """Seconds between chunks (on an absolute schedule: chunk i goes at start + (i+1) * delay)."""
     hang_after: int | None = None
     """Stop sending (but keep the connection open) after this many chunks."""
     drop_after: int | None = None
@@ -54,6 +54,7 @@ class FakeServer:
         self.responses: deque[FakeResponse] = deque()
         self.requests: list[Recorded] = []
         self.first_byte_at: list[float] = []
+        self.last_byte_at: list[float] = []
         self.closed_at: list[float] = []
         """When the server noticed the client had closed a streaming connection."""
         self._server: asyncio.base_events.Server | None = None
@@ -100,12 +101,15 @@ class FakeServer:
                 if resp.drop_after is not None and i >= resp.drop_after:
                     writer.transport.abort()
                     return
-                if resp.delay:
-                    await asyncio.sleep(resp.delay)
+                if resp.delay:  # paced on an absolute schedule, so sleep overshoot does not add up
+                    if i == 0:
+                        start = time.monotonic()
+                    await asyncio.sleep(max(0.0, start + (i + 1) * resp.delay - time.monotonic()))
                 if i == 0:
                     self.first_byte_at.append(time.monotonic())
                 writer.write(chunk)
                 await writer.drain()
+            self.last_byte_at.append(time.monotonic())
             if resp.hang_after is not None and resp.hang_after >= len(resp.chunks):
                 await self._wait_closed(reader)
                 return
