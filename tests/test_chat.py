@@ -245,3 +245,29 @@ def test_server_killed_mid_approval_then_resume_asks_again(live: Callable[..., L
     assert second.proc.stdin is not None
     second.proc.stdin.close()
     assert second.finish() == 0
+
+
+async def test_chat_against_a_local_openai_compatible_server(chat_env: dict[str, str], fake: Any) -> None:
+    """`kode-rpc chat --provider openai --model qwen2.5 --base-url .../v1`, as with Ollama: no key needed."""
+    import asyncio
+
+    from .fakes import FakeResponse, sse
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return sse(None, {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1764201600,
+                          "model": "qwen2.5", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    fake.add(FakeResponse(chunks=[chunk({"role": "assistant", "content": ""}), chunk({"content": "Hello from "}),
+                                  chunk({"content": "qwen"}), chunk({}, "stop"), sse(None, "[DONE]")]))
+    env = dict(chat_env)
+    env.pop("OPENAI_API_KEY", None)
+    proc = await asyncio.create_subprocess_exec(
+        *chat_cmd("--provider", "openai", "--model", "qwen2.5", "--base-url", fake.url + "/v1", "-m", "hi"),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    text = out.decode()
+    assert proc.returncode == 0, text + err.decode()
+    assert "Hello from qwen" in text and "running on `echo`" not in text
+    body = fake.requests[0].json
+    assert body["model"] == "qwen2.5" and body["stream"] is True
+    assert fake.requests[0].path == "/v1/chat/completions" and "authorization" not in fake.requests[0].headers
