@@ -203,3 +203,12 @@ async def test_pipelined_requests_right_after_initialize(spawn: Spawn) -> None:
     assert replies[5]["error"]["code"] == -32800
     done = await c.wait_event("pipe", "done")
     assert done["event"]["reason"] == "completed"
+
+
+async def test_empty_nested_objects_sent_as_arrays_are_accepted(spawn: Spawn) -> None:
+    """Neovim encodes an empty Lua table as `[]`, also inside params."""
+    c = await spawn(init=False)
+    init = await c.request("initialize", {"protocolVersion": 1, "capabilities": [], "workspaceFolders": []})
+    assert init["protocolVersion"] == 1
+    info = await c.request("agent/create", {"agentId": "nv", "metadata": [], "budget": []})
+    assert info["metadata"] == {}

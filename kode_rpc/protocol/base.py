@@ -7,10 +7,35 @@ The alias generator keeps the two apart so nobody hand-writes aliases, and
 
 from __future__ import annotations
 
+import typing
+from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
+
+
+def _is_object_type(annotation: Any) -> bool:
+    """Whether a field's type is an object (a model or a dict), possibly optional."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_is_object_type(a) for a in args)
+    if origin is typing.Annotated:
+        return _is_object_type(typing.get_args(annotation)[0])
+    if annotation is dict or origin is dict:
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+@lru_cache(maxsize=None)
+def _object_keys(cls: type[BaseModel]) -> frozenset[str]:
+    """Wire names (and Python names) of the model's object-typed fields."""
+    keys: set[str] = set()
+    for name, f in cls.model_fields.items():
+        if _is_object_type(f.annotation):
+            keys.update({name, f.alias or name})
+    return frozenset(keys)
 
 
 class WireModel(BaseModel):
@@ -23,6 +48,15 @@ class WireModel(BaseModel):
         frozen=False,
         defer_build=True,  # build validators on first use: keeps them off the start-up path
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_list_is_empty_object(cls, data: Any) -> Any:
+        """Neovim encodes an empty Lua table `{}` as `[]`; for an object field it means `{}`."""
+        if isinstance(data, dict) and any(v == [] for v in data.values()):
+            keys = _object_keys(cls)
+            return {k: ({} if v == [] and k in keys else v) for k, v in data.items()}
+        return data
 
     def wire(self) -> dict[str, Any]:
         """The JSON-ready dict sent on the wire (aliases, no None-valued optionals)."""

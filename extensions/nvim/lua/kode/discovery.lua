@@ -1,0 +1,42 @@
+-- How kode.nvim finds the server command.
+--
+-- Order (first match wins):
+--   1. `cmd` given to setup() (a list, or a string split on whitespace), used as is;
+--   2. `kode-rpc` on PATH (vim.fn.executable)      -> {"kode-rpc", "serve", "--log-level", <log_level>};
+--   3. a Python that has the package               -> {"python3", "-m", "kode_rpc", "serve", "--log-level", <log_level>}
+--      ("python" where there is no "python3", e.g. Windows).
+-- The data dir is passed through the environment (KODE_DATA_DIR), so it works
+-- with any of the three.
+local M = {}
+
+local function copy(list)
+  local out = {}
+  for i, v in ipairs(list) do
+    out[i] = v
+  end
+  return out
+end
+
+--- @param cfg table the plugin config (uses cfg.cmd, cfg.log_level)
+--- @return string[] cmd, string source ("config" | "path" | "python")
+function M.resolve(cfg)
+  cfg = cfg or {}
+  local level = cfg.log_level or "WARNING"
+  if cfg.cmd ~= nil then
+    if type(cfg.cmd) == "string" then
+      return vim.split(vim.trim(cfg.cmd), "%s+"), "config"
+    end
+    assert(type(cfg.cmd) == "table" and #cfg.cmd > 0, "kode: setup{cmd=...} must be a non-empty list")
+    return copy(cfg.cmd), "config"
+  end
+  if vim.fn.executable("kode-rpc") == 1 then
+    return { "kode-rpc", "serve", "--log-level", level }, "path"
+  end
+  local py = "python3"
+  if vim.fn.executable("python3") ~= 1 and vim.fn.executable("python") == 1 then
+    py = "python"
+  end
+  return { py, "-m", "kode_rpc", "serve", "--log-level", level }, "python"
+end
+
+return M

@@ -1,0 +1,443 @@
+-- End-to-end test of kode.nvim against the real kode-rpc server.
+-- Run by test/run.sh:
+--   nvim --headless -u NONE -c "set rtp+=<plugin dir>" -c "luafile test/e2e.lua"
+-- Environment: KODE_NVIM_TMP (scratch dir), KODE_NVIM_PY (python with kode_rpc),
+-- KODE_NVIM_RESULT (file that receives the log).
+-- Every step is inside pcall: a Lua error would otherwise hang headless nvim.
+
+local tmp = assert(os.getenv("KODE_NVIM_TMP"), "KODE_NVIM_TMP not set")
+local py = os.getenv("KODE_NVIM_PY") or "python3"
+local result_file = os.getenv("KODE_NVIM_RESULT") or (tmp .. "/result.txt")
+
+local out = io.open(result_file, "w")
+local function log(msg)
+  io.stderr:write(msg .. "\n")
+  if out then
+    out:write(msg .. "\n")
+    out:flush()
+  end
+end
+
+local checks = 0
+local function check(cond, what)
+  if not cond then
+    error("FAILED: " .. what, 2)
+  end
+  checks = checks + 1
+  log("  ok: " .. what)
+end
+
+local function wait(ms, cond, what)
+  local ok = vim.wait(ms, cond, 20)
+  if not ok then
+    error("TIMEOUT after " .. ms .. " ms waiting for: " .. what, 2)
+  end
+end
+
+local function read_file(path)
+  local f = io.open(path, "r")
+  if not f then
+    return nil
+  end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function write_file(path, s)
+  local f = assert(io.open(path, "w"))
+  f:write(s)
+  f:close()
+end
+
+local function buf_text(buf)
+  return table.concat(vim.api.nvim_buf_get_lines(buf, 0, -1, false), "\n")
+end
+
+local function has_line(buf, line)
+  for _, l in ipairs(vim.api.nvim_buf_get_lines(buf, 0, -1, false)) do
+    if l == line then
+      return true
+    end
+  end
+  return false
+end
+
+local function main()
+  local version = vim.version()
+  local has010 = vim.fn.has("nvim-0.10") == 1
+  log(string.format("nvim %d.%d.%d (%s path)", version.major, version.minor, version.patch,
+    has010 and "0.10+: approval/request in the rpc coroutine" or "0.7-0.9: permission_required + agent/decide"))
+
+  local work = tmp .. "/work"
+  vim.fn.mkdir(work, "p")
+  vim.fn.mkdir(tmp .. "/data", "p")
+
+  vim.cmd("runtime plugin/kode.lua")
+  check(vim.fn.exists(":KodeChat") == 2 and vim.fn.exists(":KodeAgents") == 2, "commands defined by plugin/kode.lua")
+
+  local kode = require("kode")
+  local discovery = require("kode.discovery")
+
+  -- Discovery order.
+  local c1, s1 = discovery.resolve({ cmd = { "x", "y" } })
+  check(s1 == "config" and c1[1] == "x" and c1[2] == "y", "discovery: explicit cmd first")
+  local c2, s2 = discovery.resolve({})
+  if vim.fn.executable("kode-rpc") == 1 then
+    check(s2 == "path" and c2[1] == "kode-rpc", "discovery: kode-rpc on PATH second")
+  else
+    check(s2 == "python" and c2[3] == "kode_rpc", "discovery: python -m kode_rpc last")
+  end
+
+  local events = {}
+  kode.setup({
+    cmd = { py, "-m", "kode_rpc", "serve", "--log-level", "WARNING" },
+    data_dir = tmp .. "/data",
+    work_dir = work,
+    model = { provider = "echo" },
+    permission = { mode = "approval" },
+    on_event = function(env)
+      table.insert(events, env)
+    end,
+  })
+
+  local function done_count(agent_id)
+    local n = 0
+    for _, e in ipairs(events) do
+      if e.agentId == agent_id and e.event.type == "done" and not e.replay then
+        n = n + 1
+      end
+    end
+    return n
+  end
+  local function done_reason(agent_id)
+    local r
+    for _, e in ipairs(events) do
+      if e.agentId == agent_id and e.event.type == "done" and not e.replay then
+        r = e.event.reason
+      end
+    end
+    return r
+  end
+
+  -- 1. :KodeChat creates an agent and opens its buffer.
+  log("step: :KodeChat")
+  vim.cmd("KodeChat")
+  wait(20000, function()
+    return kode.current ~= nil and kode._chat.get(kode.current) ~= nil
+      and vim.api.nvim_get_current_buf() == kode._chat.get(kode.current).buf
+  end, "chat buffer of a new agent")
+  local echo_id = kode.current
+  local echo_buf = kode._chat.get(echo_id).buf
+  check(vim.api.nvim_buf_get_name(echo_buf):match("kode://" .. echo_id .. "$") ~= nil, "buffer named kode://<agentId>")
+  check(vim.g.kode_agent_id == echo_id, "agent id stored in vim.g.kode_agent_id")
+  local info = kode.info()
+  check(info.state == "ready" and info.server and info.server.serverInfo.name == "kode-rpc", "initialized kode-rpc")
+  check(type(info.server.dataDir) == "string" and info.server.dataDir:find(tmp, 1, true) == 1,
+    "server uses data_dir (KODE_DATA_DIR)")
+
+  -- 2. :KodeSend streams the reply into the buffer.
+  log("step: :KodeSend hello")
+  local chunks_before = kode.stats.text_chunks
+  vim.cmd("KodeSend hello streaming world")
+  wait(20000, function()
+    return done_count(echo_id) >= 1
+  end, "done of the first turn")
+  wait(5000, function()
+    return has_line(echo_buf, "hello streaming world")
+  end, "streamed reply in the chat buffer")
+  check(has_line(echo_buf, "> hello streaming world"), "user prompt shown")
+  check(kode.stats.text_chunks - chunks_before >= 2, "reply arrived as several text_chunk deltas ("
+    .. (kode.stats.text_chunks - chunks_before) .. ")")
+
+  -- 3. Draft in the buffer + :KodeSend without args; a multi-line reply is split on newlines.
+  log("step: draft + :KodeSend (multi-line)")
+  local last = vim.api.nvim_buf_line_count(echo_buf)
+  vim.api.nvim_buf_set_lines(echo_buf, last - 1, last, false, { "first line", "second line" })
+  vim.api.nvim_win_set_cursor(0, { vim.api.nvim_buf_line_count(echo_buf), 0 })
+  vim.cmd("KodeSend")
+  wait(20000, function()
+    return done_count(echo_id) >= 2
+  end, "done of the second turn")
+  wait(5000, function()
+    return has_line(echo_buf, "second line") and has_line(echo_buf, "> second line")
+  end, "multi-line reply rendered")
+  local lines = vim.api.nvim_buf_get_lines(echo_buf, 0, -1, false)
+  check(lines[#lines] == "", "draft cleared after sending")
+  local idx
+  for i, l in ipairs(lines) do
+    if l == "> first line" then
+      idx = i
+    end
+  end
+  check(idx and lines[idx + 1] == "> second line" and lines[idx + 2] == "first line"
+    and lines[idx + 3] == "second line", "prompt and reply lines in order:\n" .. buf_text(echo_buf))
+
+  -- Helper: an agent whose scripted model writes a file through fs_write.
+  local function file_agent(script)
+    local id
+    kode.new_agent({
+      model = { provider = "scripted", script = script },
+      permission = { mode = "approval" },
+    }, function(err, ag)
+      if err then
+        error("agent/create failed: " .. vim.inspect(err))
+      end
+      id = ag.agentId
+    end)
+    wait(10000, function()
+      return id ~= nil and kode._chat.get(id) ~= nil
+    end, "agent/create")
+    return id, kode._chat.get(id).buf
+  end
+
+  local real_select = vim.ui.select
+  local prompts = {}
+  local function answer_with(choice, async)
+    vim.ui.select = function(items, opts, on_choice)
+      if opts and opts.kind == "kode_approval" then
+        table.insert(prompts, { choice = choice, prompt = opts.prompt })
+        if async then
+          vim.defer_fn(function()
+            on_choice(choice)
+          end, 50)
+        else
+          on_choice(choice)
+        end
+        return
+      end
+      return real_select(items, opts, on_choice)
+    end
+  end
+
+  -- 4. Approval: Allow -> the file is written.
+  log("step: approval Allow")
+  local req0, dec0 = kode.stats.approval_requests, kode.stats.decides
+  answer_with("Allow", true)
+  local allow_id, allow_buf = file_agent({
+    { toolCalls = { { name = "fs_write", input = { path = "allowed.txt", content = "ALLOWED\n" } } } },
+    { text = "wrote allowed.txt" },
+  })
+  kode.send("please write", allow_id)
+  wait(20000, function()
+    return done_count(allow_id) >= 1
+  end, "done after Allow")
+  check(#prompts == 1, "vim.ui.select asked once")
+  check(read_file(work .. "/allowed.txt") == "ALLOWED\n", "Allow: file written by fs_write")
+  if has010 then
+    check(kode.stats.approval_requests == req0 + 1 and kode.stats.decides == dec0,
+      "0.10+: answered approval/request (no agent/decide)")
+  else
+    check(kode.stats.approval_requests == req0 and kode.stats.decides == dec0 + 1,
+      "0.7: answered permission_required with agent/decide (no approval/request)")
+  end
+  wait(5000, function()
+    return buf_text(allow_buf):find("%[tool%] fs_write .* %[COMPLETED") ~= nil
+      and has_line(allow_buf, "wrote allowed.txt")
+  end, "tool line COMPLETED and reply in the chat buffer")
+
+  -- 5. Approval: Deny -> the file stays untouched.
+  log("step: approval Deny")
+  write_file(work .. "/denied.txt", "ORIGINAL\n")
+  answer_with("Deny", false)
+  prompts = {}
+  local deny_id, deny_buf = file_agent({
+    { toolCalls = { { name = "fs_write", input = { path = "denied.txt", content = "CHANGED\n" } } } },
+    { text = "could not write" },
+  })
+  kode.send("please write", deny_id)
+  wait(20000, function()
+    return done_count(deny_id) >= 1
+  end, "done after Deny")
+  check(#prompts == 1, "vim.ui.select asked once")
+  check(read_file(work .. "/denied.txt") == "ORIGINAL\n", "Deny: file untouched")
+  wait(5000, function()
+    return buf_text(deny_buf):find("%[tool%] fs_write .* %[DENIED") ~= nil
+  end, "tool line DENIED in the chat buffer")
+
+  -- 6. Always allow: asked once, then remembered (server-side on 0.10+, by the plugin on 0.7).
+  log("step: approval Always allow")
+  answer_with("Always allow", true)
+  prompts = {}
+  local always_id = file_agent({
+    { toolCalls = { { name = "fs_write", input = { path = "a1.txt", content = "1" } } } },
+    { toolCalls = { { name = "fs_write", input = { path = "a2.txt", content = "2" } } } },
+    { text = "both written" },
+  })
+  kode.send("write two", always_id)
+  wait(20000, function()
+    return done_count(always_id) >= 1
+  end, "done after Always allow")
+  check(#prompts == 1, "Always allow: asked once for two writes")
+  check(read_file(work .. "/a1.txt") == "1" and read_file(work .. "/a2.txt") == "2", "Always allow: both files written")
+
+  -- 6b. Chunks with newlines inside deltas, and a send queued behind a running turn.
+  log("step: newline-splitting chunks + queued send")
+  local q_id, q_buf = file_agent({
+    { delayMs = 300, chunks = { "line A\nli", "ne B\n", "line C" } },
+    { text = "second reply" },
+  })
+  kode.send("q1", q_id)
+  kode.send("q2", q_id)
+  wait(20000, function()
+    return done_count(q_id) >= 2
+  end, "two turns done")
+  local want = "> q1\nline A\nline B\nline C\n> q2\nsecond reply"
+  wait(5000, function()
+    return buf_text(q_buf):find(want, 1, true) ~= nil
+  end, "chunks split on newlines; queued prompt shown when its turn starts:\n" .. buf_text(q_buf))
+  check(true, "chunks split on newlines and queued prompt in order")
+  log(buf_text(allow_buf))
+  log(buf_text(deny_buf))
+
+  -- 7. :KodeInterrupt stops a slow turn; done reason shown.
+  log("step: :KodeInterrupt")
+  local slow_id, slow_buf = file_agent({ { delayMs = 30000, text = "too late" } })
+  kode.send("take your time", slow_id)
+  wait(10000, function()
+    for _, e in ipairs(events) do
+      if e.agentId == slow_id and e.event.type == "state_changed" and e.event.state == "WORKING" then
+        return true
+      end
+    end
+    return false
+  end, "slow turn running")
+  vim.api.nvim_set_current_buf(slow_buf)
+  vim.cmd("KodeInterrupt")
+  wait(10000, function()
+    return done_count(slow_id) >= 1
+  end, "done after interrupt")
+  check(done_reason(slow_id) == "interrupted", "done reason interrupted")
+  wait(5000, function()
+    return has_line(slow_buf, "[done: interrupted]")
+  end, "[done: interrupted] in the chat buffer")
+
+  -- 7b. An approval left open survives a server restart: resume re-issues it.
+  log("step: pending approval across a restart")
+  local held = {}
+  vim.ui.select = function(items, opts, on_choice)
+    if opts and opts.kind == "kode_approval" then
+      table.insert(held, on_choice) -- never answered
+      return
+    end
+    return real_select(items, opts, on_choice)
+  end
+  local pend_id, pend_buf = file_agent({
+    { toolCalls = { { name = "fs_write", input = { path = "later.txt", content = "LATER\n" } } } },
+    { text = "written after restart" },
+  })
+  kode.send("write later", pend_id)
+  wait(10000, function()
+    return #held == 1
+  end, "approval prompt shown (left open)")
+  local stopped0 = false
+  kode.stop(function()
+    stopped0 = true
+  end)
+  wait(10000, function()
+    return stopped0 and kode.info().state == "stopped"
+  end, "server stopped with an approval pending")
+  check(read_file(work .. "/later.txt") == nil, "nothing written while pending")
+  answer_with("Allow", true)
+  prompts = {}
+  local req1, dec1 = kode.stats.approval_requests, kode.stats.decides
+  local resumed = false
+  kode.resume(pend_id, function(err)
+    if err then
+      error("resume failed: " .. vim.inspect(err))
+    end
+    resumed = true
+  end)
+  wait(20000, function()
+    return resumed and done_count(pend_id) >= 1
+  end, "turn finished after resume + Allow")
+  check(#prompts == 1, "re-issued approval prompted once")
+  check(read_file(work .. "/later.txt") == "LATER\n", "file written after the restart")
+  if has010 then
+    check(kode.stats.approval_requests == req1 + 1, "0.10+: re-issued as approval/request")
+  else
+    check(kode.stats.decides == dec1 + 1, "0.7: re-issued as permission_required, answered with agent/decide")
+  end
+  wait(5000, function()
+    return has_line(pend_buf, "written after restart") and has_line(pend_buf, "> write later")
+  end, "history + live reply in the resumed chat:\n" .. buf_text(pend_buf))
+  log(buf_text(pend_buf))
+
+  -- 8. Restart the server; :KodeAgents resumes the echo agent and re-renders its history.
+  log("step: :KodeStop + :KodeAgents")
+  local stopped = false
+  kode.stop(function()
+    stopped = true
+  end)
+  wait(10000, function()
+    return stopped and kode.info().state == "stopped"
+  end, "server stopped")
+  vim.api.nvim_buf_set_lines(echo_buf, 0, -1, false, { "garbage" })
+  local listed
+  vim.ui.select = function(items, opts, on_choice)
+    if opts and opts.kind == "kode_agent" then
+      listed = items
+      for _, it in ipairs(items) do
+        if it.agentId == echo_id then
+          return on_choice(it)
+        end
+      end
+      return on_choice(nil)
+    end
+    return real_select(items, opts, on_choice)
+  end
+  local resumed_before = kode.stats.events
+  vim.cmd("KodeAgents")
+  wait(20000, function()
+    return listed ~= nil and kode.current == echo_id and kode.info().state == "ready"
+      and vim.api.nvim_get_current_buf() == echo_buf and has_line(echo_buf, "second line")
+  end, "agent resumed and history re-rendered")
+  check(#listed == 7, "agent/list (params []) listed the 7 agents")
+  check(kode.stats.events > resumed_before, "replayed events received")
+  local text = buf_text(echo_buf)
+  check(not text:find("garbage", 1, true), "buffer re-rendered from scratch")
+  local expected = table.concat({
+    "> hello streaming world",
+    "hello streaming world",
+    "> first line",
+    "> second line",
+    "first line",
+    "second line",
+  }, "\n")
+  check(text:find(expected, 1, true) ~= nil, "history rendered in order:\n" .. text)
+  local _, n = text:gsub("> hello streaming world", "")
+  check(n == 1, "history not duplicated")
+
+  -- 9. Live after resume: one more turn on the resumed agent.
+  log("step: send after resume")
+  local before = done_count(echo_id)
+  vim.cmd("KodeSend again")
+  wait(20000, function()
+    return done_count(echo_id) > before and has_line(echo_buf, "again")
+  end, "reply after resume")
+  check(has_line(echo_buf, "> again"), "prompt after resume")
+
+  vim.ui.select = real_select
+  local stopped2 = false
+  kode.stop(function()
+    stopped2 = true
+  end)
+  wait(10000, function()
+    return stopped2
+  end, "final stop")
+end
+
+local ok, err = xpcall(main, debug.traceback)
+if ok then
+  log(string.format("PASS: %d checks", checks))
+  if out then
+    out:close()
+  end
+  vim.cmd("qa!")
+else
+  log("FAIL: " .. tostring(err))
+  if out then
+    out:close()
+  end
+  vim.cmd("cquit 1")
+end
