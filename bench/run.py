@@ -177,8 +177,8 @@ def server_env(tmp: TempDirs, data_dir: str | None = None) -> dict[str, str]:
     return env
 
 
-async def start_server(env: dict[str, str]) -> TimedClient:
-    client = await TimedClient.spawn(env=env)
+async def start_server(env: dict[str, str], server: str | None = None) -> TimedClient:
+    client = await TimedClient.spawn(env=env, server=server)
     try:
         await client.initialize(processId=os.getpid())
     except BaseException:
@@ -239,11 +239,18 @@ async def python_startup_ms() -> float:
     return (time.perf_counter() - start) * 1000
 
 
-async def spawn_to_initialize_ms(tmp: TempDirs) -> tuple[float, float]:
+FROZEN_BUILDS = [
+    ("onedir", Path(os.environ.get("KODE_BENCH_ONEDIR", "dist/kode-rpc/kode-rpc")), 400.0),
+    ("onefile", Path(os.environ.get("KODE_BENCH_ONEFILE", "dist/kode-rpc-onefile")), None),
+]
+"""Frozen builds measured beside the source when they exist (`python packaging/build.py [--onefile]`)."""
+
+
+async def spawn_to_initialize_ms(tmp: TempDirs, binary: Path | None = None) -> tuple[float, float]:
     """(spawn to `initialize` answered, spawn to the first other request answered)."""
     env = server_env(tmp)
     start = time.perf_counter()
-    client = await start_server(env)
+    client = await start_server(env, str(binary.resolve()) if binary else None)
     elapsed = (time.perf_counter() - start) * 1000
     await client.request("pool/stats")
     ready = (time.perf_counter() - start) * 1000
@@ -271,6 +278,21 @@ async def bench_spawn(counts: Counts, tmp: TempDirs) -> list[Row]:
             note="initialize, then pool/stats answered (pygls loads after initialize)"),
         Row("python_startup_median (baseline)", statistics.median(baseline), "ms",
             note=f"`python -c pass`, N={len(baseline)}"),
+        *[row for label, path, target in FROZEN_BUILDS if path.exists()
+          for row in await frozen_spawn_rows(counts, tmp, label, path, target)],
+    ]
+
+
+async def frozen_spawn_rows(counts: Counts, tmp: TempDirs, label: str, binary: Path,
+                            target: float | None) -> list[Row]:
+    """The same spawn measurement for a PyInstaller build, with its size on disk."""
+    runs = [(await spawn_to_initialize_ms(tmp, binary))[0] for _ in range(counts.spawn_runs)]
+    root = binary.parent if (binary.parent / "_internal").is_dir() else binary
+    size = root.stat().st_size if root.is_file() else sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    return [
+        Row(f"spawn_to_initialize_{label}_median", statistics.median(runs), "ms", target,
+            note=f"{binary}, N={len(runs)}"),
+        Row(f"frozen_{label}_size", size / 1e6, "MB", note=str(root)),
     ]
 
 

@@ -56,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         from .protocol.schema import protocol_schema
 
-        sys.stdout.write(json.dumps(protocol_schema(__version__), indent=2) + "\n")
+        try:
+            sys.stdout.write(json.dumps(protocol_schema(__version__), indent=2) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # `kode-rpc schema | head`
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if args.command == "doctor":
         from .doctor import run_doctor

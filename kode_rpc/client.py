@@ -26,11 +26,13 @@ class RpcError(Exception):
         self.data = data or {}
 
 
-def server_command(*args: str) -> list[str]:
-    """How to start the server from this interpreter (`KODE_RPC_SERVER` overrides, e.g. a frozen binary)."""
-    exe = os.environ.get("KODE_RPC_SERVER")
+def server_command(*args: str, exe: str | None = None) -> list[str]:
+    """How to start the server: `exe` (e.g. a frozen binary), else `KODE_RPC_SERVER`, else this interpreter."""
+    exe = exe or os.environ.get("KODE_RPC_SERVER")
     if exe:
         return [exe, "serve", *args]
+    if getattr(sys, "frozen", False):  # a PyInstaller binary: sys.executable is kode-rpc itself
+        return [sys.executable, "serve", *args]
     return [sys.executable, "-m", "kode_rpc", "serve", *args]
 
 
@@ -52,10 +54,11 @@ class RpcClient:
 
     @classmethod
     async def spawn(cls, *args: str, env: dict[str, str] | None = None, framing: str = "content-length",
-                    stderr: Any = None, cwd: str | None = None, new_session: bool = False) -> "RpcClient":
+                    stderr: Any = None, cwd: str | None = None, new_session: bool = False,
+                    server: str | None = None) -> "RpcClient":
         """Start a server. `new_session` puts it in its own session/process group, so a
         terminal's Ctrl-C reaches only the client (which then sends `agent/interrupt`)."""
-        cmd = server_command(*args, *(["--framing", "ndjson"] if framing == "ndjson" else []))
+        cmd = server_command(*args, *(["--framing", "ndjson"] if framing == "ndjson" else []), exe=server)
         extra: dict[str, Any] = {}
         if new_session:
             if sys.platform == "win32":

@@ -46,6 +46,8 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   protocol (`Content-Length: N\\r\\n\\r\\n` + N bytes; `N` counts bytes, other headers
   are ignored); `kode-rpc --framing ndjson` reads and writes one JSON object per line.
 - Absent `params` and `params: []` mean `{}`; any other non-object `params` is `-32602`.
+  Inside params too, `[]` given for an object-typed field (`capabilities`, `metadata`,
+  `permission`, ...) means `{}`: Neovim encodes every empty Lua table as `[]`.
 - A response carries the request's `id` exactly as sent (`0` and `"0"` differ). An `id`
   that is not a string or an integer (e.g. `true`, `1.5`, `null` on a request) gets
   `-32600` with `id: null`.

@@ -30,6 +30,8 @@ def restore_env(env: dict[str, str], frozen: bool) -> dict[str, str]:
     out = dict(env)
     if not frozen:
         return out
+    for key in [k for k in out if k.startswith("_PYI_") or k == "_MEIPASS2"]:
+        del out[key]  # PyInstaller's own bookkeeping: a frozen program a tool starts must start fresh
     for var in _LIB_PATH_VARS:
         orig = out.pop(f"{var}_ORIG", None)
         if orig is not None:
