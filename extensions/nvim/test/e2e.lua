@@ -82,7 +82,15 @@ local function main()
   -- Discovery order.
   local c1, s1 = discovery.resolve({ cmd = { "x", "y" } })
   check(s1 == "config" and c1[1] == "x" and c1[2] == "y", "discovery: explicit cmd first")
-  local c2, s2 = discovery.resolve({})
+  -- a bundled binary in the plugin folder comes before PATH
+  local fake_root = tmp .. "/fake-plugin"
+  vim.fn.mkdir(fake_root .. "/bin", "p")
+  vim.fn.writefile({ "#!/bin/sh", "exit 0" }, fake_root .. "/bin/kode-rpc")
+  vim.fn.setfperm(fake_root .. "/bin/kode-rpc", "rwxr-xr-x")
+  local cb, sb = discovery.resolve({ plugin_root = fake_root })
+  check(sb == "bundled" and cb[1] == fake_root .. "/bin/kode-rpc" and cb[2] == "serve",
+    "discovery: bundled binary before PATH")
+  local c2, s2 = discovery.resolve({ plugin_root = tmp .. "/no-such-plugin" })
   if vim.fn.executable("kode-rpc") == 1 then
     check(s2 == "path" and c2[1] == "kode-rpc", "discovery: kode-rpc on PATH second")
   else
