@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -40,14 +40,13 @@ from ..store.base import AgentRow, ApprovalRow, MessageRow, Store, ToolCallRow, 
 from ..tools.base import Tool, ToolResult
 from ..tools.bash import ShellRegistry
 from .events import Envelope, EventLog
+from .toolctx import CallContext
 from .permission import evaluate
 from .templates import TEMPLATES
 from .util import new_id, now_iso
 
 log = logging.getLogger(__name__)
 
-MAX_DELTA_BYTES = 64 * 1024
-MAX_CALL_OUTPUT_BYTES = 1024 * 1024
 SEALED_ERROR = "the server stopped while this call was running; it was sealed on resume"
 
 
@@ -101,7 +100,6 @@ class Turn:
     task: asyncio.Task[None] | None = None
     texts: list[str] = field(default_factory=list)
     error: ProviderError | None = None
-    interrupted: bool = False
     detach: bool = False
     """Set at shutdown for a turn that only waits on approvals: it stops in memory and
     stays pending in the store, exactly as after a crash, so the approvals survive."""
@@ -122,47 +120,6 @@ class StepOutput:
         self.calls: list[ToolCallRequest] = []
         self.usage: UsageReport | None = None
         self.signature: str | None = None
-
-
-class CallContext:
-    """The `ToolContext` a running tool sees; bounds output as the contract says."""
-
-    def __init__(self, agent: "Agent", turn: Turn, run: CallRun) -> None:
-        self.agent_id = agent.id
-        self.call_id = run.call.id
-        self.sandbox = agent.sandbox
-        self.shells = agent.shells
-        self._agent = agent
-        self._turn = turn
-        self._sent = 0
-        self._truncated = False
-
-    def output(self, stream: Literal["stdout", "stderr"], text: str) -> None:
-        if self._truncated or not text:
-            return
-        data = text.encode("utf-8", "replace")
-        truncated = False
-        if self._sent + len(data) > MAX_CALL_OUTPUT_BYTES:
-            data = data[: MAX_CALL_OUTPUT_BYTES - self._sent]
-            truncated = self._truncated = True
-        self._sent += len(data)
-        for i in range(0, max(len(data), 1), MAX_DELTA_BYTES):
-            piece = data[i : i + MAX_DELTA_BYTES].decode("utf-8", "ignore")
-            last = i + MAX_DELTA_BYTES >= len(data)
-            self._agent.emit(
-                {"type": "tool:output", "callId": self.call_id, "stream": stream, "delta": piece,
-                 "truncated": truncated and last},
-                self._turn.id,
-            )
-
-    def file_changed(self, path: str, change: Literal["added", "modified", "deleted"]) -> None:
-        self._agent.emit({"type": "file_changed", "path": path, "change": change}, self._turn.id)
-
-    def get_todos(self) -> list[dict[str, Any]]:
-        return list(self._agent.todos)
-
-    async def set_todos(self, todos: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return await self._agent.set_todos(todos, self._turn.id)
 
 
 class Agent:
@@ -680,7 +637,6 @@ class Agent:
                 self._kick()
                 return True
             return False
-        turn.interrupted = True
         for pa in list(self.pending.values()):
             await self.decide(pa.approval_id, "deny", note or "interrupted", False, "interrupt")
         turn.task.cancel()

@@ -1,0 +1,52 @@
+"""The `ToolContext` a running tool sees: output bounds, file and todo changes as events."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .agent import Agent, CallRun, Turn
+
+MAX_DELTA_BYTES = 64 * 1024
+MAX_CALL_OUTPUT_BYTES = 1024 * 1024
+
+
+class CallContext:
+    """The `ToolContext` a running tool sees; bounds output as the contract says."""
+
+    def __init__(self, agent: "Agent", turn: Turn, run: CallRun) -> None:
+        self.agent_id = agent.id
+        self.call_id = run.call.id
+        self.sandbox = agent.sandbox
+        self.shells = agent.shells
+        self._agent = agent
+        self._turn = turn
+        self._sent = 0
+        self._truncated = False
+
+    def output(self, stream: Literal["stdout", "stderr"], text: str) -> None:
+        if self._truncated or not text:
+            return
+        data = text.encode("utf-8", "replace")
+        truncated = False
+        if self._sent + len(data) > MAX_CALL_OUTPUT_BYTES:
+            data = data[: MAX_CALL_OUTPUT_BYTES - self._sent]
+            truncated = self._truncated = True
+        self._sent += len(data)
+        for i in range(0, max(len(data), 1), MAX_DELTA_BYTES):
+            piece = data[i : i + MAX_DELTA_BYTES].decode("utf-8", "ignore")
+            last = i + MAX_DELTA_BYTES >= len(data)
+            self._agent.emit(
+                {"type": "tool:output", "callId": self.call_id, "stream": stream, "delta": piece,
+                 "truncated": truncated and last},
+                self._turn.id,
+            )
+
+    def file_changed(self, path: str, change: Literal["added", "modified", "deleted"]) -> None:
+        self._agent.emit({"type": "file_changed", "path": path, "change": change}, self._turn.id)
+
+    def get_todos(self) -> list[dict[str, Any]]:
+        return list(self._agent.todos)
+
+    async def set_todos(self, todos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return await self._agent.set_todos(todos, self._turn.id)
