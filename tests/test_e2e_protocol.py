@@ -212,3 +212,13 @@ async def test_empty_nested_objects_sent_as_arrays_are_accepted(spawn: Spawn) ->
     assert init["protocolVersion"] == 1
     info = await c.request("agent/create", {"agentId": "nv", "metadata": [], "budget": []})
     assert info["metadata"] == {}
+
+
+async def test_exit_right_behind_shutdown_still_answers_shutdown(spawn: Spawn) -> None:
+    c = await spawn()
+    await c.request("agent/create", {"agentId": "x"})
+    c.write({"jsonrpc": "2.0", "id": 900, "method": "shutdown"})
+    c.notify("exit")
+    assert await c.wait_exit() == 0
+    reply = next(m for m in c.messages if m.get("id") == 900)
+    assert reply == {"jsonrpc": "2.0", "id": 900, "result": None}

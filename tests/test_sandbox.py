@@ -220,3 +220,31 @@ async def test_kill_leftovers_of_exited_shell(tmp_path: Path) -> None:
     process.kill_leftovers(proc.pid)  # no pipe inodes: the group/session is killed
     assert wait_dead(pid)
     await asyncio.wait_for(proc.wait(), 2)
+
+
+async def test_cancel_while_spawning_kills_the_new_process(tmp_path: Path) -> None:
+    """An interrupt that lands while the shell is being created must not leave it running."""
+    import asyncio
+
+    from kode_rpc.sandbox.process import kill_tree, spawn_shell
+
+    markers = []
+    for ticks in range(8):  # cancel at each point of the spawn in turn
+        marker = tmp_path / f"ran-{ticks}"
+        markers.append(marker)
+        task = asyncio.create_task(spawn_shell(f"sleep 2; touch '{marker}'", str(tmp_path), dict(os.environ)))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        started = time.monotonic()
+        try:
+            proc = await task
+        except asyncio.CancelledError:
+            # asyncio alone kills only the shell, then waits for its pipes, which the
+            # shell's child (`sleep 2`) holds: the cancel must not wait for that child.
+            assert time.monotonic() - started < 1.0, f"cancel at tick {ticks} waited for the child"
+            continue
+        kill_tree(proc.pid)  # spawned before the cancel landed: not what this test is about
+        markers.remove(marker)
+    await asyncio.sleep(2.5)
+    assert not [m.name for m in markers if m.exists()]

@@ -52,7 +52,7 @@ async def spawn_shell(cmd: str, cwd: str, env: dict[str, str]) -> asyncio.subpro
         kwargs["creationflags"] = flags
     else:
         kwargs["start_new_session"] = True
-    proc = await asyncio.create_subprocess_shell(
+    spawning = asyncio.ensure_future(asyncio.create_subprocess_shell(
         cmd,
         cwd=cwd,
         env=env,
@@ -60,7 +60,19 @@ async def spawn_shell(cmd: str, cwd: str, env: dict[str, str]) -> asyncio.subpro
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         **kwargs,  # type: ignore[arg-type]
-    )
+    ))
+    try:
+        proc = await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        # Cancelled (an interrupt) while the process was being created: it may exist
+        # already, and nobody else knows its pid, so kill it here before giving up.
+        try:
+            orphan = await spawning
+        except Exception:
+            raise asyncio.CancelledError from None
+        kill_tree(orphan.pid)
+        log.debug("killed pid %s, spawned while its call was cancelled", orphan.pid)
+        raise
     LIVE.add(proc)
     task = asyncio.get_running_loop().create_task(_forget_when_done(proc))
     _REAPERS.add(task)

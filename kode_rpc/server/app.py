@@ -36,6 +36,7 @@ class App:
         self.max_agents = max_agents
         self.exit_code = 0
         self._stopping: asyncio.Task[None] | None = None
+        self._shutdown_run: asyncio.Future[None] | None = None
         self._done = asyncio.Event()
 
     async def run(self, proto_out: object) -> int:
@@ -66,6 +67,8 @@ class App:
         log.info("kode-rpc serving (%s framing), data dir %s", self.framing, self.data_dir)
         await self._done.wait()
         watcher.cancel()
+        for _ in range(3):  # let a finished `shutdown` request's response callback run
+            await asyncio.sleep(0)
         return self.exit_code
 
     def _on_exit(self, code: int) -> None:
@@ -84,10 +87,13 @@ class App:
             self._done.set()
 
     async def shutdown(self) -> None:
-        """The graceful shutdown of contract section 8; idempotent (`shutdown` then `exit`)."""
-        if getattr(self, "_shut", False):
-            return
-        self._shut = True
+        """The graceful shutdown of contract section 8. Runs once; every caller (the
+        `shutdown` request, then `exit` right behind it) waits for that one run."""
+        if self._shutdown_run is None:
+            self._shutdown_run = asyncio.ensure_future(self._shutdown_once())
+        await asyncio.shield(self._shutdown_run)
+
+    async def _shutdown_once(self) -> None:
         self.conn.shutting_down = True
         try:
             await self.pool.shutdown()

@@ -126,6 +126,7 @@ class Connection:
         self.initialized = False
         self.initializing = False
         self.shutting_down = False
+        self.shutdown_requested = False
         self.on_exit: Callable[[int], None] = lambda code: None
         self.on_eof: Callable[[], None] = lambda: None
 
@@ -262,6 +263,8 @@ class Connection:
         if method not in REQUESTS:
             self.send_error(msg_id, RpcError(METHOD_NOT_FOUND, f"unknown method: {method}", "method_not_found", method=method))
             return
+        if method == "shutdown":
+            self.shutdown_requested = True  # an `exit` right behind it still counts as after shutdown
         if method == "initialize":
             asyncio.ensure_future(self._initialize(msg_id, params))
         elif self.protocol is None or self._waiting:
@@ -292,7 +295,7 @@ class Connection:
 
     def _on_notification(self, method: str, params: dict[str, Any]) -> None:
         if method == "exit":
-            self.on_exit(0 if self.shutting_down else 1)
+            self.on_exit(0 if self.shutting_down or self.shutdown_requested else 1)
         elif self.shutting_down:
             return
         elif method == "$/cancelRequest":
