@@ -154,6 +154,13 @@ export interface KodeClientOptions {
   startTimeoutMs?: number;
   /** Restart the server when it exits unexpectedly (default true). */
   autoRestart?: boolean;
+  /**
+   * Kill the server on the host's SIGINT/SIGTERM/SIGHUP (re-raising the signal when
+   * nobody else handles it). Default true; hosts with their own signal handling
+   * (Electron) pass false and dispose() themselves. The server is killed on the
+   * host's `exit` either way.
+   */
+  handleSignals?: boolean;
   /** Consecutive restart attempts before giving up (state `failed`); default 5. */
   maxRestarts?: number;
   /** First restart delay (default 200 ms), doubled per consecutive attempt up to `maxRestartDelayMs` (default 5000 ms). */
@@ -200,27 +207,34 @@ const onSigint = () => onHostSignal("SIGINT");
 const onSigterm = () => onHostSignal("SIGTERM");
 const onSighup = () => onHostSignal("SIGHUP");
 
-function installHooks(): void {
-  if (hooksInstalled) return;
-  hooksInstalled = true;
-  process.on("exit", onHostExit);
-  process.on("SIGINT", onSigint);
-  process.on("SIGTERM", onSigterm);
-  if (process.platform !== "win32") process.on("SIGHUP", onSighup);
+let signalHooks = false;
+
+function installHooks(signals: boolean): void {
+  if (!hooksInstalled) {
+    hooksInstalled = true;
+    process.on("exit", onHostExit);
+  }
+  if (signals && !signalHooks) {
+    signalHooks = true;
+    process.on("SIGINT", onSigint);
+    process.on("SIGTERM", onSigterm);
+    if (process.platform !== "win32") process.on("SIGHUP", onSighup);
+  }
 }
 
 function uninstallHooks(): void {
   if (!hooksInstalled) return;
   hooksInstalled = false;
+  signalHooks = false;
   process.off("exit", onHostExit);
   process.off("SIGINT", onSigint);
   process.off("SIGTERM", onSigterm);
   process.off("SIGHUP", onSighup);
 }
 
-function track(p: ChildProcess): void {
+function track(p: ChildProcess, signals: boolean): void {
   liveProcesses.add(p);
-  installHooks();
+  installHooks(signals);
 }
 
 function untrack(p: ChildProcess): void {
@@ -356,6 +370,7 @@ export class KodeClient {
         bundledPath: options.bundledPath,
         serverArgs: options.serverArgs,
         env: options.env,
+        warn: (m) => client.logger.warn(m),
       });
       client.logger.info(
         `kode-rpc: starting ${client.command.command} ${client.command.args.join(" ")} (${client.command.source})`,
@@ -662,7 +677,7 @@ export class KodeClient {
       proc.once("error", onErr);
       proc.once("spawn", onSpawn);
     });
-    track(proc);
+    track(proc, this.opts.handleSignals ?? true);
     proc.on("error", (e) => this.logger.warn(`kode-rpc: server process error: ${e.message}`));
     proc.stdin!.on("error", () => {}); // EPIPE after a crash: handled by the exit path
     proc.stdout!.on("error", () => {});

@@ -17,6 +17,8 @@ export interface DiscoveryOptions {
   serverPath?: string;
   /** Path of a bundled (frozen) `kode-rpc` binary shipped with the app; skipped when missing. */
   bundledPath?: string;
+  /** Told when a configured `bundledPath` is skipped (missing or not executable). */
+  warn?: (message: string) => void;
   /** Extra arguments after `serve` for the discovered commands, e.g. `["--log-level", "debug"]`. */
   serverArgs?: string[];
   /** Environment used to search PATH (defaults to `process.env`). */
@@ -90,8 +92,12 @@ export async function resolveServerCommand(opts: DiscoveryOptions = {}): Promise
     }
     return { command: p, args: serveArgs, source: "serverPath" };
   }
-  if (opts.bundledPath && isExecutableFile(opts.bundledPath)) {
-    return { command: resolve(opts.bundledPath), args: serveArgs, source: "bundledPath" };
+  if (opts.bundledPath) {
+    if (isExecutableFile(opts.bundledPath)) {
+      return { command: resolve(opts.bundledPath), args: serveArgs, source: "bundledPath" };
+    }
+    // A packaging mistake must not go unnoticed while another server quietly runs instead.
+    opts.warn?.(`kode-rpc: bundledPath ${opts.bundledPath} is missing or not executable; trying PATH and Python`);
   }
   const onPath = which("kode-rpc", env);
   if (onPath) return { command: onPath, args: serveArgs, source: "path" };
