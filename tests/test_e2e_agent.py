@@ -348,3 +348,26 @@ async def test_tool_output_is_bounded(spawn: Spawn, work_dir: Path) -> None:
     assert max(sizes) <= 64 * 1024 and sum(sizes) == 1024 * 1024
     assert outs[-1]["truncated"] is True and not any(o["truncated"] for o in outs[:-1])
 
+
+
+async def test_agent_decide_cancels_the_outstanding_request_and_can_remember(spawn: Spawn, work_dir: Path) -> None:
+    c = await spawn()
+
+    async def never(params: dict) -> dict:
+        await asyncio.sleep(60)
+        return {"decision": "deny"}
+
+    c.on_approval = never
+    write = {"name": "fs_write", "input": {"path": "d.txt", "content": "1"}}
+    await c.request("agent/create", {"agentId": "dc", "sandbox": {"workDir": str(work_dir)}, "permission": {"mode": "approval"},
+                                     "model": scripted({"toolCalls": [write]}, {"text": "a"}, {"toolCalls": [write]}, {"text": "b"})})
+    await c.request("agent/send", {"agentId": "dc", "text": "go"})
+    req = await c.wait_for(lambda: next((m for m in c.messages if m.get("method") == "approval/request"), None))
+    ok = await c.request("agent/decide", {"agentId": "dc", "approvalId": req["params"]["approvalId"], "decision": "allow",
+                                          "remember": True})
+    assert ok == {"accepted": True}
+    await c.wait_for(lambda: any(m.get("method") == "$/cancelRequest" and m["params"]["id"] == req["id"] for m in c.messages))
+    await c.wait_event("dc", "done")
+    res = await c.request("agent/complete", {"agentId": "dc", "text": "again"})
+    assert res["status"] == "ok"
+    assert len([m for m in c.messages if m.get("method") == "approval/request"]) == 1, "remembered: not asked again"

@@ -242,6 +242,8 @@ class DecideParams(AgentRef):
     approval_id: str = Field(min_length=1)
     decision: Literal["allow", "deny"]
     note: str | None = None
+    remember: bool = False
+    """With `allow`: always allow this tool for the agent (kode-rpc extension, as in `approval/request`)."""
 
 
 class DecideResult(WireModel):

@@ -89,10 +89,13 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
 - **Approvals.** `remember: true` with `allow` puts the tool on the agent's *remembered*
   list, checked after `denyTools` and `allowTools` and before `requireApprovalTools` and
   the mode. It is kept apart from `allowTools` because adding one tool to an empty
-  `allowTools` would turn it into a whitelist that denies everything else. When a
-  decision comes from anywhere but the client's reply (timeout, `agent/decide`,
-  interrupt), the outstanding `approval/request` is cancelled with `$/cancelRequest`.
-  `approval/request` ids are strings `kode-...`.
+  `allowTools` would turn it into a whitelist that denies everything else. `agent/decide`
+  takes the same `remember` (an extension), so clients that answer through events can
+  offer "Always allow" too. When a decision comes from anywhere but the client's reply
+  (timeout, `agent/decide`, interrupt), the outstanding `approval/request` is cancelled
+  with `$/cancelRequest`. `permission_required` is sent a moment before its
+  `approval/request`; a UI may show the prompt on either. `approval/request` ids are
+  strings `kode-...`.
 - **Read-only tools** (run without asking in `readonly` mode): `fs_read`, `fs_glob`,
   `fs_grep`, `bash_logs`, `todo_read`, `todo_write` (todos are the agent's own plan and
   change nothing in the workspace).

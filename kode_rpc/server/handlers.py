@@ -101,8 +101,10 @@ class Session:
         if etype == "permission_required" and self.approvals:
             self._spawn(self._ask_client(env.agent_id, env.event["approvalId"]))
         elif etype == "permission_decided":
+            # Still outstanding means decided elsewhere (agent/decide, timeout, interrupt):
+            # our own request's reply removes it before it decides.
             msg_id = self.outstanding.pop(env.event.get("approvalId") or "", None)
-            if msg_id is not None and env.event.get("decidedBy") != "client":
+            if msg_id is not None:
                 self.conn.cancel_outgoing(msg_id)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -276,7 +278,7 @@ class Session:
     async def h_agent_decide(self, params: dict[str, Any]) -> Any:
         p = parse(a.DecideParams, params)
         agent = await self.pool.get(p.agent_id, self.deliver)
-        stored = await agent.decide(p.approval_id, p.decision, p.note, False, "client")
+        stored = await agent.decide(p.approval_id, p.decision, p.note, p.remember, "client")
         await stored
         return {"accepted": True}
 

@@ -300,6 +300,7 @@ export interface DecideParams {
   approvalId: string;
   decision: "allow" | "deny";
   note?: string | null;
+  remember?: boolean;
 }
 
 export interface DecideResult {

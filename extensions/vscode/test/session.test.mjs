@@ -1,0 +1,185 @@
+// KodeSession + ChatModel against the real kode-rpc server (echo and scripted providers).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { makeSession, sendAndWait, tempEnv } from "./helpers.mjs";
+
+let env;
+before(() => {
+  env = tempEnv();
+});
+after(() => env.cleanup());
+
+test("echo agent: the chat model ends with the streamed assistant text", async (t) => {
+  const { session } = makeSession(env, { settings: { defaultProvider: "echo" } });
+  t.after(() => session.dispose());
+  const streamed = [];
+  session.onDidChange((e) => {
+    if (e.type === "items") for (const it of e.items) if (it.kind === "assistant") streamed.push(it.text);
+  });
+  const a = await session.createAgent();
+  assert.match(a.agentId, /^chat-\d{8}-\d{6}-[0-9a-f]{4}$/);
+  assert.equal(session.currentAgentId, a.agentId);
+  assert.equal(a.info.model.provider, "echo");
+  assert.equal(a.info.workDir, env.work, "the workspace folder is the sandbox workDir");
+
+  const text = "Hello **world**, this is a streamed echo.";
+  const r = await sendAndWait(session, a.agentId, text);
+  assert.equal(r.done.event.reason, "completed");
+  const items = a.model.items;
+  assert.equal(items[0].kind, "user");
+  assert.equal(items[0].text, text);
+  assert.equal(items[0].turnId, r.turnId);
+  const assistant = items.filter((i) => i.kind === "assistant");
+  assert.equal(assistant.length, 1);
+  assert.equal(assistant[0].text, text);
+  assert.equal(assistant[0].streaming, false);
+  assert.equal(a.model.assistantText(r.turnId), text);
+  // It streamed: several intermediate texts, each a prefix of the final one.
+  assert.ok(streamed.length >= 3, `streamed ${streamed.length} updates`);
+  for (const s of streamed) assert.ok(text.startsWith(s), `${JSON.stringify(s)} is a prefix`);
+  assert.equal(a.model.state, "READY");
+});
+
+test("scripted agent with two tool calls renders two tool cards with final states and output", async (t) => {
+  const { session } = makeSession(env);
+  t.after(() => session.dispose());
+  const a = await session.createAgent({
+    provider: "scripted",
+    permissionMode: "auto",
+    script: [
+      {
+        text: "Running two tools.",
+        toolCalls: [
+          { name: "bash_run", input: { cmd: "echo one; echo two >&2" } },
+          { name: "fs_read", input: { path: "missing.txt" } },
+        ],
+      },
+      { chunks: ["All ", "done", "."] },
+    ],
+  });
+  const r = await sendAndWait(session, a.agentId, "go");
+  assert.equal(r.done.event.reason, "completed");
+  const m = a.model;
+  const kinds = m.items.map((i) => i.kind);
+  assert.deepEqual(kinds, ["user", "assistant", "tool", "tool", "assistant"]);
+  const [bash, read] = m.tools();
+  assert.equal(bash.name, "bash_run");
+  assert.equal(bash.state, "COMPLETED");
+  assert.equal(bash.inputPreview, "echo one; echo two >&2");
+  assert.match(bash.output, /one\n/);
+  assert.match(bash.output, /two\n/);
+  assert.equal(bash.result.ok, true);
+  assert.equal(bash.result.data.exitCode, 0);
+  assert.ok(typeof bash.durationMs === "number");
+  assert.equal(read.name, "fs_read");
+  assert.equal(read.state, "FAILED");
+  assert.equal(read.result.ok, false);
+  assert.equal(read.result.errorType, "not_found");
+  assert.equal(m.assistantText(), "Running two tools.All done.");
+});
+
+test("status text shows state and token usage after a turn", async (t) => {
+  const { session } = makeSession(env);
+  t.after(() => session.dispose());
+  const a = await session.createAgent({
+    provider: "scripted",
+    script: [{ text: "Counted.", usage: { inputTokens: 1200, outputTokens: 34 } }],
+  });
+  const before = session.status(a.agentId);
+  assert.match(before.text, /: ready · 0 tokens$/);
+  await sendAndWait(session, a.agentId, "count");
+  const st = session.status(a.agentId);
+  assert.equal(st.text, `${a.agentId}: ready · 1.2k tokens`);
+  assert.match(st.tooltip, /State: READY/);
+  assert.match(st.tooltip, /Tokens: 1200 in, 34 out/);
+  assert.equal(st.busy, false);
+  // agent/status agrees (and refreshing does not double count).
+  const again = await session.refreshStatus(a.agentId);
+  assert.equal(again.text, st.text);
+});
+
+test("status shows working while a turn runs", async (t) => {
+  const { session } = makeSession(env);
+  t.after(() => session.dispose());
+  const a = await session.createAgent({
+    provider: "scripted",
+    script: [{ text: "slow", delayMs: 600 }],
+  });
+  const client = await session.start();
+  const working = client.waitForEvent(a.agentId, (e) => e.event.type === "state_changed" && e.event.state === "WORKING");
+  const done = client.waitForEvent(a.agentId, (e) => e.event.type === "done");
+  await session.send(a.agentId, "go");
+  await working;
+  assert.match(session.status(a.agentId).text, /: working · /);
+  assert.equal(session.status(a.agentId).icon, "sync~spin");
+  await done;
+  assert.match(session.status(a.agentId).text, /: ready · /);
+});
+
+test("list, open (history from the store), fork and delete", async (t) => {
+  const first = makeSession(env);
+  const a = await first.session.createAgent({
+    provider: "scripted",
+    permissionMode: "auto",
+    script: [
+      { text: "Writing.", toolCalls: [{ name: "fs_write", input: { path: "hist.txt", content: "x" } }] },
+      { text: "Written." },
+    ],
+  });
+  await sendAndWait(first.session, a.agentId, "write it");
+  await first.session.dispose();
+
+  // A new session (as after a VS Code restart) rebuilds the chat from agent/messages.
+  const { session } = makeSession(env);
+  t.after(() => session.dispose());
+  const list = await session.listAgents();
+  assert.ok(list.some((x) => x.agentId === a.agentId));
+  const opened = await session.openAgent(a.agentId);
+  assert.equal(session.currentAgentId, a.agentId);
+  const items = opened.model.items;
+  assert.deepEqual(
+    items.map((i) => i.kind),
+    ["user", "assistant", "tool", "assistant"],
+  );
+  assert.equal(items[0].text, "write it");
+  assert.equal(items[2].name, "fs_write");
+  assert.equal(items[2].state, "COMPLETED");
+  assert.equal(items[3].text, "Written.");
+  assert.match(session.status(a.agentId).text, /ready · \d+ tokens/);
+
+  const fork = await session.forkAgent(a.agentId, `${a.agentId}-copy`);
+  assert.equal(fork.agentId, `${a.agentId}-copy`);
+  assert.equal(fork.messageCount, 4);
+  const forked = await session.openAgent(fork.agentId);
+  assert.equal(forked.model.items.length, 4);
+
+  assert.equal(await session.deleteAgent(fork.agentId), true);
+  const after = await session.listAgents();
+  assert.ok(!after.some((x) => x.agentId === fork.agentId));
+  assert.ok(after.some((x) => x.agentId === a.agentId));
+  assert.equal(session.getAgent(fork.agentId), undefined);
+  assert.ok(existsSync(join(env.work, "hist.txt")));
+});
+
+test("interrupt ends a running turn", async (t) => {
+  const { session } = makeSession(env);
+  t.after(() => session.dispose());
+  const a = await session.createAgent({
+    provider: "scripted",
+    permissionMode: "auto",
+    script: [{ toolCalls: [{ name: "bash_run", input: { cmd: "sleep 20" } }] }, { text: "never" }],
+  });
+  const client = await session.start();
+  const executing = client.waitForEvent(a.agentId, (e) => e.event.type === "tool:start");
+  const done = client.waitForEvent(a.agentId, (e) => e.event.type === "done", { timeoutMs: 15_000 });
+  await session.send(a.agentId, "sleep");
+  await executing;
+  assert.equal(await session.interrupt(a.agentId), true);
+  const d = await done;
+  assert.equal(d.event.reason, "interrupted");
+  const card = a.model.tools()[0];
+  assert.equal(card.state, "FAILED");
+  assert.ok(a.model.items.some((i) => i.kind === "notice" && i.text === "Turn interrupted."));
+});
