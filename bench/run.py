@@ -503,6 +503,7 @@ async def resume_once(tmp: TempDirs, data_dir: str, agent_id: str, min_events: i
             first.append(now)
 
     async with running_server(tmp, data_dir) as client:
+        await client.request("pool/stats")  # the server is fully up (start-up is measured apart)
         client.on_message = on_message
         start = time.perf_counter()
         result = await client.request("agent/resume", {"agentId": agent_id, "since": 0}, timeout=300)
@@ -575,6 +576,7 @@ async def resume_wire_ms(tmp: TempDirs, data_dir: str, agent_id: str, min_events
     server = await RawServer.spawn(server_env(tmp, data_dir))
     try:
         await server.call("initialize", {"protocolVersion": 1, "clientInfo": {"name": "kode-rpc-bench"}})
+        await server.call("pool/stats")  # the server is fully up (start-up is measured apart)
         start = time.perf_counter()
         result, events = await server.call("agent/resume", {"agentId": agent_id, "since": 0})
         elapsed_ms = (time.perf_counter() - start) * 1000
@@ -593,7 +595,8 @@ async def bench_resume(counts: Counts, tmp: TempDirs) -> list[Row]:
 
     After a restart or a reload of the editor window, the client resumes its agents
     with `since: 0` (or an old cursor) to rebuild the transcript; the chat stays blank
-    until the response. This includes loading the agent from SQLite, taking its lease,
+    until the response. Timed once the new server answers requests (its start-up is the
+    spawn rows). This includes loading the agent from SQLite, taking its lease,
     reading every event and streaming them all to the client, which must parse them:
     the wire row shows the server's share (a client that does not decode the events).
     """
