@@ -224,3 +224,42 @@ async def test_manual_resume_leaves_turn_until_interrupt(spawn: Spawn, work_dir:
     done = await c2.wait_event("mn", "done")
     assert done["event"]["reason"] == "interrupted"
     assert (await c2.request("store/consistency", {"agentId": "mn"}))["consistent"]
+
+
+async def test_graceful_shutdown_keeps_queued_turns_queued(spawn: Spawn) -> None:
+    c = await spawn()
+    await c.request("agent/create", {"agentId": "gq", "model": scripted({"text": "one", "delayMs": 400}, {"text": "two"})})
+    first = await c.request("agent/send", {"agentId": "gq", "text": "first"})
+    second = await c.request("agent/send", {"agentId": "gq", "text": "second"})
+    assert second["queued"] is True
+    await c.wait_event("gq", "breakpoint_changed")
+    assert await c.close() == 0
+    assert all(e.get("turnId") != second["turnId"] for e in c.events_of("gq")), "the queued turn did not start at shutdown"
+    c2 = await spawn()
+    await c2.request("agent/resume", {"agentId": "gq", "since": 0})
+    done = await c2.wait_for(lambda: [e for e in c2.events_of("gq", "done") if e["turnId"] == second["turnId"]])
+    assert done[0]["event"]["reason"] == "completed"
+    dones = [e for e in c2.events_of("gq", "done")]
+    assert [d["turnId"] for d in dones] == [first["turnId"], second["turnId"]]
+
+
+async def test_delete_with_pending_approval_answers_complete(spawn: Spawn, work_dir: Path, data_dir: Path) -> None:
+    c = await spawn()
+
+    async def never(params: dict) -> dict:
+        await asyncio.sleep(60)
+        return {"decision": "allow"}
+
+    c.on_approval = never
+    await c.request("agent/create", {"agentId": "dl", "sandbox": {"workDir": str(work_dir)}, "permission": {"mode": "approval"},
+                                     "model": scripted({"toolCalls": [{"name": "fs_write", "input": {"path": "x", "content": "1"}}]})})
+    task = asyncio.create_task(c.request("agent/complete", {"agentId": "dl", "text": "go"}))
+    req = await c.wait_for(lambda: next((m for m in c.messages if m.get("method") == "approval/request"), None))
+    assert (await c.request("agent/delete", {"agentId": "dl"})) == {"deleted": True}
+    assert (await task)["status"] == "interrupted"
+    await c.wait_for(lambda: any(m.get("method") == "$/cancelRequest" and m["params"]["id"] == req["id"] for m in c.messages))
+    import sqlite3
+
+    conn = sqlite3.connect(data_dir / "kode.db")
+    assert conn.execute("SELECT COUNT(*) FROM approvals WHERE agent_id='dl'").fetchone()[0] == 0
+    assert not (work_dir / "x").exists()

@@ -222,3 +222,27 @@ async def test_exit_right_behind_shutdown_still_answers_shutdown(spawn: Spawn) -
     assert await c.wait_exit() == 0
     reply = next(m for m in c.messages if m.get("id") == 900)
     assert reply == {"jsonrpc": "2.0", "id": 900, "result": None}
+
+
+async def test_review_findings_bad_input_never_internal_error(spawn: Spawn) -> None:
+    """Lone surrogates, huge integers, LSP-style folder URIs, stray responses, pipelined unknown methods."""
+    c = await spawn(init=False)
+    c.write_raw(frame(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":1,'
+                      b'"workspaceFolders":["file:///tmp/kode%20ws"]}}')
+                + frame(b'{"jsonrpc":"2.0","id":2,"method":"no/such"}'))
+    replies = await c.wait_for(lambda: (r := {m["id"]: m for m in c.messages if "id" in m and "method" not in m})
+                               and len(r) == 2 and r)
+    assert replies[2]["error"]["data"]["reason"] == "method_not_found"
+    info = await c.request("agent/create", {"agentId": "rv"})
+    assert info["workDir"] == "/tmp/kode ws"
+    [r] = await raw_reply(c, frame(b'{"jsonrpc":"2.0","id":3,"method":"agent/send","params":{"agentId":"rv","text":"\\ud800"}}'))
+    assert r["error"]["code"] == -32602 and r["error"]["data"]["reason"] == "invalid_unicode"
+    for params in ({"agentId": "rv", "limit": 2**70}, {"agentId": "rv", "before": 2**70}):
+        with pytest.raises(RpcError) as err:
+            await c.request("agent/messages", params)
+        assert err.value.code == -32602
+    # a "response" reusing the id of the client's own in-flight request is ignored
+    task = asyncio.create_task(c.request("agent/complete", {"agentId": "rv", "text": "still answered"}, msg_id=77))
+    c.write({"jsonrpc": "2.0", "id": 77, "result": {"bogus": True}})
+    assert (await task)["text"] == "still answered"
+    assert (await c.request("agent/messages", {"agentId": "rv"}))["total"] == 2, "the rejected send left no turn"

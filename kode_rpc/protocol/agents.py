@@ -10,6 +10,8 @@ from .base import OpenModel, WireModel
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 AgentId = Annotated[str, Field(pattern=AGENT_ID_PATTERN)]
+MAX_INT = 2**63 - 1
+"""Largest integer SQLite stores; larger cursors and limits are invalid params, not crashes."""
 ProviderName = Literal["anthropic", "openai", "scripted", "echo"]
 AgentState = Literal["READY", "WORKING", "PAUSED"]
 Breakpoint = Literal[
@@ -202,7 +204,7 @@ class AgentRef(WireModel):
 
 
 class ResumeParams(AgentRef):
-    since: int | None = Field(default=None, ge=0)
+    since: int | None = Field(default=None, ge=0, le=MAX_INT)
     strategy: Literal["crash", "manual"] = "crash"
 
 
@@ -268,8 +270,8 @@ class ListResult(WireModel):
 
 
 class MessagesParams(AgentRef):
-    limit: int | None = Field(default=None, ge=1)
-    before: int | None = Field(default=None, ge=0)
+    limit: int | None = Field(default=None, ge=1, le=MAX_INT)
+    before: int | None = Field(default=None, ge=0, le=MAX_INT)
 
 
 class MessagesResult(WireModel):
@@ -278,14 +280,14 @@ class MessagesResult(WireModel):
 
 
 class EventsParams(AgentRef):
-    since: int = Field(default=0, ge=0)
-    limit: int | None = Field(default=None, ge=1)
+    since: int = Field(default=0, ge=0, le=MAX_INT)
+    limit: int | None = Field(default=None, ge=1, le=MAX_INT)
     channels: list[Literal["progress", "control", "monitor"]] | None = None
 
 
 class ForkParams(AgentRef):
     new_agent_id: AgentId | None = None
-    at_seq: int | None = Field(default=None, ge=0)
+    at_seq: int | None = Field(default=None, ge=0, le=MAX_INT)
 
 
 class TodosParams(AgentRef):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .base import WireModel
 
@@ -23,7 +23,26 @@ class InitializeParams(WireModel):
     client_info: ClientInfo | None = None
     process_id: int | None = None
     workspace_folders: list[str] | None = None
+    """Absolute paths; `file://` URIs (what LSP clients send) are accepted and converted."""
     capabilities: ClientCapabilities = Field(default_factory=ClientCapabilities)
+
+    @field_validator("workspace_folders")
+    @classmethod
+    def _absolute_folders(cls, value: list[str] | None) -> list[str] | None:
+        import os.path
+        from urllib.parse import unquote, urlsplit
+
+        out = []
+        for folder in value or []:
+            if folder.startswith("file://"):
+                parts = urlsplit(folder)
+                folder = unquote(parts.path)
+                if os.name == "nt" and folder.startswith("/") and folder[2:3] == ":":
+                    folder = folder[1:]
+            if not os.path.isabs(folder):
+                raise ValueError(f"workspace folders must be absolute paths or file:// URIs: {folder}")
+            out.append(folder)
+        return out if value is not None else None
 
 
 class ServerInfo(WireModel):

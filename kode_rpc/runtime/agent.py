@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from ..config import Settings
 from ..logs import redact
 from ..protocol.agents import AgentConfig, AgentInfo, Usage
-from ..protocol.errors import APPROVAL_NOT_PENDING, RpcError, not_found
+from ..protocol.errors import APPROVAL_NOT_PENDING, OVERLOADED, RpcError, not_found
 from ..protocol.events import FINAL_TOOL_STATES, ToolCall
 from ..providers.base import (
     ModelRequest,
@@ -100,6 +100,7 @@ class Turn:
     task: asyncio.Task[None] | None = None
     texts: list[str] = field(default_factory=list)
     error: ProviderError | None = None
+    finishing: bool = False
     detach: bool = False
     """Set at shutdown for a turn that only waits on approvals: it stops in memory and
     stays pending in the store, exactly as after a crash, so the approvals survive."""
@@ -144,6 +145,12 @@ class Agent:
         self.pending: dict[str, PendingApproval] = {}
         self.decided: dict[str, dict[str, Any]] = {}
         self.runner: asyncio.Task[None] | None = None
+        self.pins = 0
+        """Requests using this agent right now; a pinned agent is never hibernated."""
+        self.closing = False
+        """Set by close(): no queued turn starts any more (they stay queued in the store)."""
+        self.recovered = False
+        """Crash recovery ran (or was not needed); it must run at most once per load."""
         self.last_active = time.monotonic()
         sandbox = self.config.sandbox
         assert sandbox is not None, "the pool always resolves a sandbox"
@@ -156,7 +163,8 @@ class Agent:
     # --- small helpers -----------------------------------------------------
     @property
     def busy(self) -> bool:
-        return bool(self.current or self.queue or self.pending or self.stalled)
+        """Not to be hibernated: work in memory, or a request holding it (`pins`)."""
+        return bool(self.current or self.queue or self.pending or self.stalled or self.pins)
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -217,21 +225,21 @@ class Agent:
         self.touch()
         if kind == "reminder":
             content = [{"type": "text", "text": f"<system-reminder>{_text_of(content)}</system-reminder>"}]
-        queued = self.busy
+        queued = bool(self.current or self.queue or self.stalled)  # behind other work
         row = TurnRow(self.id, new_id("turn"), -1, "queued", now_iso(), message={"role": "user", "content": content})
         turn = Turn(row, asyncio.get_running_loop().create_future())
+        await self.svc.store.put_turn(row)  # only a stored send becomes a turn
         self.turns[turn.id] = turn
         self.queue.append(turn)
-        await self.svc.store.put_turn(row)
         self._kick()
         return turn, queued
 
     def _kick(self) -> None:
-        if (self.runner is None or self.runner.done()) and self.queue and not self.stalled:
+        if (self.runner is None or self.runner.done()) and self.queue and not self.stalled and not self.closing:
             self.runner = asyncio.create_task(self._run_queue(), name=f"agent-{self.id}")
 
     async def _run_queue(self) -> None:
-        while self.queue and not self.stalled:
+        while self.queue and not self.stalled and not self.closing:
             turn = self.queue.popleft()
             self.current = turn
             turn.task = asyncio.create_task(self._run_turn(turn), name=f"turn-{turn.id}")
@@ -305,16 +313,18 @@ class Agent:
         self._set_breakpoint("READY", tid)
         self._set_state("READY", tid)
         self.persist()
+        turn.finishing = True  # an interrupt from here on has nothing left to stop
         env = self.emit({"type": "done", "step": max(step, 0), "reason": reason}, tid)
         assert env.delivered is not None
         try:
-            await env.delivered
+            await asyncio.shield(env.delivered)
         except Exception:
             log.exception("done event of turn %s not stored", tid)
-        if not turn.done.done():
-            turn.done.set_result({"reason": reason, "seq": env.seq, "text": "\n\n".join(t for t in turn.texts if t),
-                                  "error": turn.error})
-        self.turns.pop(tid, None)
+        finally:
+            if not turn.done.done():
+                turn.done.set_result({"reason": reason, "seq": env.seq,
+                                      "text": "\n\n".join(t for t in turn.texts if t), "error": turn.error})
+            self.turns.pop(tid, None)
 
     def model_config(self) -> dict[str, Any]:
         """The agent's model config over the configured provider defaults (never a key)."""
@@ -630,6 +640,9 @@ class Agent:
     # --- interrupt, recovery, shutdown -----------------------------------------------
     async def interrupt(self, note: str | None = None) -> bool:
         turn = self.current
+        if turn is not None and turn.finishing and turn.task is not None:
+            await asyncio.wait([turn.task], timeout=10)  # its `done` is already on the way
+            return False
         if turn is None or turn.task is None or turn.task.done():
             if self.stalled is not None:
                 stalled, self.stalled = self.stalled, None
@@ -647,6 +660,7 @@ class Agent:
         """Rebuild an unfinished turn after a crash; returns sealed call ids and the
         work to start once the `agent/resume` response is out (re-issued approvals,
         ending or continuing the turn, queued turns)."""
+        self.recovered = True
         store = self.svc.store
         turns = await store.load_turns(self.id, ["queued", "running"])
         running = [t for t in turns if t.status == "running"]
@@ -735,16 +749,24 @@ class Agent:
             self._append_message("tool", [r.result_block() for r in runs], turn.id)
         await self._finish_turn(turn, turn.row.step, "interrupted")
 
-    async def close(self) -> None:
-        """Graceful stop: interrupt running work, keep approval-only waits pending, kill shells."""
+    async def close(self, keep_pending: bool = True) -> None:
+        """Stop: queued turns stay queued (in the store), the running one is interrupted,
+        or, with `keep_pending` (a graceful shutdown), detached when it only waits on
+        approvals so they survive the restart. Background shells are killed."""
+        self.closing = True
         turn = self.current
         if turn is not None and turn.task is not None and not turn.task.done():
-            if self.pending and self.breakpoint == "AWAITING_APPROVAL" and not self._executing():
+            if keep_pending and self.pending and self.breakpoint == "AWAITING_APPROVAL" and not self._executing():
                 turn.detach = True
                 turn.task.cancel()
                 await asyncio.wait([turn.task], timeout=5)
+                if not turn.done.done():  # an agent/complete waiting on it gets an answer
+                    turn.done.set_exception(RpcError(OVERLOADED, "the server is shutting down; the turn stays "
+                                                     "pending and continues after agent/resume", "shutting_down",
+                                                     retryable=True))
+                    turn.done.exception()
             else:
-                await self.interrupt("server shutting down")
+                await self.interrupt("server shutting down" if keep_pending else "agent deleted")
         if self.runner is not None and not self.runner.done():
             self.runner.cancel()
         await self.shells.kill_all()

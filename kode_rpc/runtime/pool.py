@@ -49,6 +49,7 @@ class AgentPool:
         self.hibernated: set[str] = set()
         self.owner = LeaseOwner(os.getpid(), socket.gethostname(), new_id("owner"))
         self._loading: dict[str, asyncio.Future[Agent]] = {}
+        self._hibernating: dict[str, asyncio.Future[None]] = {}
         self._renewer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -90,12 +91,16 @@ class AgentPool:
                            errors=[{"field": "agentId", "message": "an agent with this id exists"}]) from None
         await self._lease(agent_id)
         agent = self._admit(row, [], [], subscriber)
+        agent.recovered = True  # new: nothing to recover
         agent.emit({"type": "state_changed", "state": "READY"})
         return agent
 
     async def get(self, agent_id: str, subscriber: Subscriber | None = None, *, recover: bool = True) -> Agent:
         """The active agent, loading (and, with `recover`, crash-recovering) it when hibernated."""
         agent = self.agents.get(agent_id)
+        if agent is None and agent_id in self._hibernating:
+            await asyncio.shield(self._hibernating[agent_id])  # load only once it is fully put away
+            agent = self.agents.get(agent_id)
         if agent is None:
             loading = self._loading.get(agent_id)
             if loading is not None:
@@ -135,7 +140,11 @@ class AgentPool:
             await store.release_lease(agent_id, self.owner)
             raise
         if recover:
-            sealed, start = await agent.recover("crash")
+            agent.pins += 1
+            try:
+                sealed, start = await agent.recover("crash")
+            finally:
+                agent.pins -= 1
             if sealed or agent.pending or agent.queue:
                 agent.emit({"type": "agent_resumed", "strategy": "crash", "sealed": sealed})
             start()
@@ -167,19 +176,29 @@ class AgentPool:
             await self.hibernate(idle)
 
     async def hibernate(self, agent: Agent) -> None:
-        """Drop an idle agent from memory; everything about it is already stored."""
+        """Drop an idle agent from memory; everything about it is already stored.
+
+        A request for the agent that arrives meanwhile waits (see `get`) until the
+        lease is released, so it cannot lose its fresh lease or seq counter to us.
+        """
         self.agents.pop(agent.id, None)
-        await agent.shells.kill_all()
-        await agent.persist()
-        self.svc.events.unregister(agent.id)
-        await self.svc.store.release_lease(agent.id, self.owner)
-        self.hibernated.add(agent.id)
-        log.debug("hibernated %s", agent.id)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._hibernating[agent.id] = done
+        try:
+            await agent.shells.kill_all()
+            await agent.persist()
+            self.svc.events.unregister(agent.id)
+            await self.svc.store.release_lease(agent.id, self.owner)
+            self.hibernated.add(agent.id)
+            log.debug("hibernated %s", agent.id)
+        finally:
+            del self._hibernating[agent.id]
+            done.set_result(None)
 
     async def delete(self, agent_id: str) -> bool:
         agent = self.agents.pop(agent_id, None)
         if agent is not None:
-            await agent.close()
+            await agent.close(keep_pending=False)  # deny pending approvals, end the turn
             self.svc.events.unregister(agent_id)
         else:
             if await self.svc.store.get_agent(agent_id) is None:

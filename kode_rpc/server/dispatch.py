@@ -60,7 +60,13 @@ class KodeProtocol(JsonRPCProtocol):
             result = future.result()
             if isinstance(result, AfterResponse):
                 result, after = result.result, result.after
-            self.conn.output.send(dumps({"jsonrpc": "2.0", "id": msg_id, "result": result}))
+            try:
+                body = dumps({"jsonrpc": "2.0", "id": msg_id, "result": result})
+            except (TypeError, ValueError) as exc:  # never leave a request unanswered
+                log.error("cannot encode the result of %r: %s", msg_id, exc)
+                self.conn.send_error(msg_id, RpcError(INTERNAL_ERROR, "internal error: unencodable result", "internal"))
+                return
+            self.conn.output.send(body)
             if after is not None:
                 after()
             return

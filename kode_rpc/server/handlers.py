@@ -188,14 +188,15 @@ class Session:
     async def h_agent_resume(self, params: dict[str, Any]) -> Any:
         p = parse(a.ResumeParams, params)
         async with self.lock(p.agent_id):
-            already = p.agent_id in self.pool.agents
             self._start_buffering(p.agent_id)
+            agent: Agent | None = None
             try:
                 agent = await self.pool.get(p.agent_id, self.deliver, recover=False)
+                agent.pins += 1
                 base = self.events.last_seq(p.agent_id)
                 sealed: list[str] = []
                 start: Callable[[], None] = lambda: None
-                if not already:
+                if not agent.recovered:  # once per load, whoever loaded it
                     sealed, start = await agent.recover(p.strategy)
                 self.events.flush()
                 await self.store.barrier()
@@ -204,9 +205,11 @@ class Session:
                     replayed = await self._replay(p.agent_id, p.since)
                 else:
                     self.sent[p.agent_id] = max(self.sent.get(p.agent_id, 0), base)
+                env = agent.emit({"type": "agent_resumed", "strategy": p.strategy, "sealed": sealed})
             finally:
                 self._release_buffer(p.agent_id)
-            env = agent.emit({"type": "agent_resumed", "strategy": p.strategy, "sealed": sealed})
+                if agent is not None:
+                    agent.pins -= 1
             assert env.delivered is not None
             await env.delivered
             result = dict(agent.info().wire(), replayed=replayed)
@@ -231,7 +234,11 @@ class Session:
             raise invalid_params([{"field": "text", "message": "text or content is required"}])
         async with self.lock(p.agent_id):
             agent = await self.pool.get(p.agent_id, self.deliver)
-            turn, queued = await agent.send(content, p.kind)
+            agent.pins += 1
+            try:
+                turn, queued = await agent.send(content, p.kind)
+            finally:
+                agent.pins -= 1
         return agent, turn, queued
 
     async def h_agent_send(self, params: dict[str, Any]) -> Any:
@@ -277,9 +284,14 @@ class Session:
 
     async def h_agent_decide(self, params: dict[str, Any]) -> Any:
         p = parse(a.DecideParams, params)
-        agent = await self.pool.get(p.agent_id, self.deliver)
-        stored = await agent.decide(p.approval_id, p.decision, p.note, p.remember, "client")
-        await stored
+        async with self.lock(p.agent_id):
+            agent = await self.pool.get(p.agent_id, self.deliver)
+            agent.pins += 1
+            try:
+                stored = await agent.decide(p.approval_id, p.decision, p.note, p.remember, "client")
+                await stored
+            finally:
+                agent.pins -= 1
         return {"accepted": True}
 
     async def h_agent_status(self, params: dict[str, Any]) -> Any:
@@ -358,7 +370,11 @@ class Session:
                            errors=[{"field": "todos", "message": "duplicate id"}])
         async with self.lock(p.agent_id):
             agent = await self.pool.get(p.agent_id, self.deliver)
-            return {"todos": await agent.set_todos([t.wire() for t in p.todos])}
+            agent.pins += 1
+            try:
+                return {"todos": await agent.set_todos([t.wire() for t in p.todos])}
+            finally:
+                agent.pins -= 1
 
     async def h_agent_delete(self, params: dict[str, Any]) -> Any:
         p = parse(a.AgentRef, params)

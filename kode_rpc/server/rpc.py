@@ -182,19 +182,25 @@ class Connection:
     # --- receiving -------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         for item in self.parser.feed(data):
-            if isinstance(item, Body):
-                self._on_body(item.data)
-            elif isinstance(item, TooLarge):
-                match = _ID_IN_HEAD.search(item.head)
-                if match is None and b'"method"' in item.head:
-                    log.warning("dropped a notification of %d bytes (over 64 MiB)", item.size)
-                    continue
-                msg_id = json.loads(match.group(1)) if match else None
-                self.send_error(msg_id, RpcError(INPUT_TOO_LARGE, f"message of {item.size} bytes is larger than 64 MiB",
-                                                 "too_large", size=item.size))
-            elif isinstance(item, BadFrame):
-                log.warning("bad frame: %s", item.detail)
-                self.send_error(None, RpcError(PARSE_ERROR, f"malformed frame: {item.detail}", item.reason))
+            try:
+                self._on_item(item)
+            except Exception:  # one message must never cost the ones after it
+                log.exception("failed to handle a message")
+
+    def _on_item(self, item: Body | TooLarge | BadFrame) -> None:
+        if isinstance(item, Body):
+            self._on_body(item.data)
+        elif isinstance(item, TooLarge):
+            match = _ID_IN_HEAD.search(item.head)
+            if match is None and b'"method"' in item.head:
+                log.warning("dropped a notification of %d bytes (over 64 MiB)", item.size)
+                return
+            msg_id = json.loads(match.group(1)) if match else None
+            self.send_error(msg_id, RpcError(INPUT_TOO_LARGE, f"message of {item.size} bytes is larger than 64 MiB",
+                                             "too_large", size=item.size))
+        elif isinstance(item, BadFrame):
+            log.warning("bad frame: %s", item.detail)
+            self.send_error(None, RpcError(PARSE_ERROR, f"malformed frame: {item.detail}", item.reason))
 
     def _on_body(self, body: bytes) -> None:
         try:
@@ -208,6 +214,13 @@ class Connection:
         if isinstance(msg, list):
             self.send_error(None, RpcError(INVALID_REQUEST, "batches are not supported", "batch_not_supported"))
             return
+        if b"\\ud" in body.lower() and _has_lone_surrogate(msg):
+            # Valid JSON, but not encodable text: it would fail in the store and in replies.
+            if isinstance(msg, dict) and "id" in msg and "method" in msg:
+                self.send_error(_valid_id(msg.get("id")), RpcError(
+                    INVALID_PARAMS, "params contain a lone UTF-16 surrogate (not valid Unicode text)",
+                    "invalid_unicode", errors=[{"field": "params", "message": "lone surrogate"}]))
+            return
         if not isinstance(msg, dict):
             self.send_error(None, RpcError(INVALID_REQUEST, "a message must be a JSON object", "invalid_request"))
             return
@@ -218,8 +231,12 @@ class Connection:
         msg_id = msg.get("id")
         if "method" not in msg:
             if has_id and ("result" in msg or "error" in msg) and _valid_id(msg_id) is not None:
-                if self.protocol is not None:
+                # Only replies to our own requests: pygls keeps the client's in-flight
+                # requests in the same table, and a reply must never touch those.
+                if self.protocol is not None and isinstance(msg_id, str) and msg_id.startswith("kode-"):
                     self.protocol._handle_response(msg_id, msg.get("result"), msg.get("error"))
+                else:
+                    log.info("ignoring a response to unknown id %r", msg_id)
             else:
                 self.send_error(_valid_id(msg_id), RpcError(INVALID_REQUEST, "not a request, notification or response", "invalid_request"))
             return
@@ -247,8 +264,17 @@ class Connection:
 
     def _on_request(self, msg_id: Any, method: str, params: dict[str, Any]) -> None:
         if self.shutting_down:
-            self.send_error(msg_id, RpcError(OVERLOADED, "the server is shutting down", "shutting_down", retryable=False))
+            self.send_error(msg_id, RpcError(OVERLOADED, "the server is shutting down", "shutting_down", retryable=True))
             return
+        if method not in REQUESTS:
+            if not (self.initialized or self.initializing):
+                self.send_error(msg_id, RpcError(NOT_INITIALIZED, "initialize must be the first request", "not_initialized"))
+            else:
+                self.send_error(msg_id, RpcError(METHOD_NOT_FOUND, f"unknown method: {method}", "method_not_found",
+                                                 method=method))
+            return
+        if method == "shutdown":
+            self.shutdown_requested = True  # an `exit` right behind it still counts as after shutdown
         if method == "initialize":
             if self.initialized or self.initializing:
                 self.send_error(msg_id, RpcError(NOT_INITIALIZED, "already initialized", "already_initialized"))
@@ -260,11 +286,6 @@ class Connection:
         elif not self.initialized:
             self.send_error(msg_id, RpcError(NOT_INITIALIZED, "initialize must be the first request", "not_initialized"))
             return
-        if method not in REQUESTS:
-            self.send_error(msg_id, RpcError(METHOD_NOT_FOUND, f"unknown method: {method}", "method_not_found", method=method))
-            return
-        if method == "shutdown":
-            self.shutdown_requested = True  # an `exit` right behind it still counts as after shutdown
         if method == "initialize":
             asyncio.ensure_future(self._initialize(msg_id, params))
         elif self.protocol is None or self._waiting:
@@ -321,6 +342,14 @@ def _valid_id(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         return None
     return value
+
+
+def _has_lone_surrogate(msg: Any) -> bool:
+    try:
+        json.dumps(msg, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _depth(obj: Any) -> int:
