@@ -263,3 +263,22 @@ async def test_delete_with_pending_approval_answers_complete(spawn: Spawn, work_
     conn = sqlite3.connect(data_dir / "kode.db")
     assert conn.execute("SELECT COUNT(*) FROM approvals WHERE agent_id='dl'").fetchone()[0] == 0
     assert not (work_dir / "x").exists()
+
+
+async def test_crash_between_done_and_turn_row_does_not_end_the_turn_twice(spawn: Spawn, data_dir: Path) -> None:
+    import sqlite3
+
+    c = await spawn()
+    await c.request("agent/create", {"agentId": "cw"})
+    res = await c.request("agent/complete", {"agentId": "cw", "text": "hi"})
+    assert await c.close() == 0
+    conn = sqlite3.connect(data_dir / "kode.db")
+    conn.execute("UPDATE turns SET status='running' WHERE turn_id=?", (res["turnId"],))  # the crash window
+    conn.commit()
+    conn.close()
+    c2 = await spawn()
+    await c2.request("agent/resume", {"agentId": "cw", "since": 0})
+    await c2.request("agent/complete", {"agentId": "cw", "text": "next"})
+    dones = [e["turnId"] for e in c2.events_of("cw", "done")]
+    assert dones.count(res["turnId"]) == 1
+    assert (await c2.request("store/consistency", {"agentId": "cw"}))["consistent"]

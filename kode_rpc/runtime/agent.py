@@ -307,14 +307,16 @@ class Agent:
 
     async def _finish_turn(self, turn: Turn, step: int, reason: str) -> None:
         tid = turn.id
-        turn.row.status = "done"
-        turn.row.reason = reason
-        self.svc.store.put_turn(turn.row)
         self._set_breakpoint("READY", tid)
         self._set_state("READY", tid)
         self.persist()
         turn.finishing = True  # an interrupt from here on has nothing left to stop
         env = self.emit({"type": "done", "step": max(step, 0), "reason": reason}, tid)
+        # Stored after the done event (writes are ordered): a crash between the two leaves
+        # a "running" turn whose done is stored, which recover() recognises.
+        turn.row.status = "done"
+        turn.row.reason = reason
+        self.svc.store.put_turn(turn.row)
         assert env.delivered is not None
         try:
             await asyncio.shield(env.delivered)
@@ -664,6 +666,13 @@ class Agent:
         store = self.svc.store
         turns = await store.load_turns(self.id, ["queued", "running"])
         running = [t for t in turns if t.status == "running"]
+        if running:
+            recent = await store.read_events(self.id, max(0, self.svc.events.last_seq(self.id) - 20))
+            ended = {e.turn_id for e in recent if e.type == "done"}
+            for row in [t for t in running if t.turn_id in ended]:  # died right after its done
+                row.status = "done"
+                store.put_turn(row)
+                running.remove(row)
         for row in turns:
             if row.status == "queued":
                 turn = Turn(row, asyncio.get_running_loop().create_future())
