@@ -430,3 +430,17 @@ async def test_e2e_tool_calls_run_and_results_go_back(spawn: Spawn, fake: FakeSe
     usage = [e["event"] for e in c.events_of("o2", "token_usage")]
     assert [(u["inputTokens"], u["outputTokens"]) for u in usage] == [(120, 40), (200, 6)]
     assert os.path.exists(work_dir / "notes.txt")
+
+
+def test_reasoning_models_on_openai_get_max_completion_tokens() -> None:
+    from kode_rpc.providers.openai import build_body
+
+    def body(model: str, base: str | None) -> dict[str, Any]:
+        config: dict[str, Any] = {"provider": "openai", "model": model, "maxTokens": 500}
+        if base:
+            config["baseUrl"] = base
+        return build_body(ModelRequest(system="s", messages=[], tools=[], config=config))
+
+    assert body("o3-mini", None)["max_completion_tokens"] == 500 and "max_tokens" not in body("o3-mini", None)
+    assert body("gpt-4o", None)["max_tokens"] == 500
+    assert body("o3-mini", "http://localhost:11434/v1")["max_tokens"] == 500

@@ -111,10 +111,19 @@ def build_body(request: ModelRequest) -> dict[str, Any]:
             for tool in request.tools
         ]
     if config.get("maxTokens") is not None:
-        body["max_tokens"] = config["maxTokens"]
+        # OpenAI's reasoning models refuse `max_tokens`; everyone else (and every local
+        # server) knows only `max_tokens`.
+        key = "max_completion_tokens" if _is_openai_reasoning_model(config) else "max_tokens"
+        body[key] = config["maxTokens"]
     if config.get("temperature") is not None:
         body["temperature"] = config["temperature"]
     return body
+
+
+def _is_openai_reasoning_model(config: dict[str, Any]) -> bool:
+    model = str(config.get("model") or "")
+    base = str(config.get("baseUrl") or DEFAULT_BASE_URL)
+    return "api.openai.com" in base and model.startswith(("o1", "o3", "o4", "gpt-5"))
 
 
 def convert_messages(system: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
