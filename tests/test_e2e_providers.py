@@ -203,3 +203,17 @@ async def test_events_are_stream_ordered_under_slow_sse(spawn: Spawn, fake: Fake
     deltas = [e["event"]["delta"] for e in c.events_of("or", "text_chunk")]
     assert "".join(deltas) == "a b c d e f g h" and len(deltas) >= 4
     await asyncio.sleep(0)
+
+
+async def test_redacted_thinking_is_stored_with_the_reply(spawn: Spawn, fake: FakeServer, env: dict[str, str]) -> None:
+    chunks = anthropic_text("visible answer")
+    redacted = [sse("content_block_start", {"type": "content_block_start", "index": 5,
+                                            "content_block": {"type": "redacted_thinking", "data": "ENCRYPTED=="}}),
+                sse("content_block_stop", {"type": "content_block_stop", "index": 5})]
+    fake.add(FakeResponse(chunks=chunks[:1] + redacted + chunks[1:]))
+    c = await spawn(env=env)
+    await c.request("agent/create", {"agentId": "rt", "model": model(fake, thinking={"budgetTokens": 2048})})
+    assert (await c.request("agent/complete", {"agentId": "rt", "text": "hi"}))["text"] == "visible answer"
+    msgs = (await c.request("agent/messages", {"agentId": "rt"}))["messages"]
+    assert {"type": "redacted_thinking", "data": "ENCRYPTED=="} in msgs[1]["content"]
+    assert "ENCRYPTED" not in str(c.events), "never shown as an event"

@@ -519,3 +519,27 @@ async def test_e2e_two_tool_calls_and_usage(spawn: Spawn, server_env: dict[str, 
     expected = (40 * 3.0 + 20 * 15.0 + 2000 * 0.3 + 500 * 3.75) / 1_000_000
     assert last["costUsd"] == pytest.approx(expected, rel=1e-6)
     assert await c.close() == 0
+
+
+async def test_redacted_thinking_is_kept_and_sent_back(fake: FakeServer) -> None:
+    """Encrypted thinking must go back unchanged with the conversation (the API refuses otherwise)."""
+    from kode_rpc.providers.base import RedactedThinking
+
+    fake.add(FakeResponse(chunks=[
+        message_start(input_tokens=20),
+        block_start(0, {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"}), block_stop(0),
+        block_start(1, {"type": "text", "text": ""}), text_delta(1, "ok"), block_stop(1),
+        message_delta(3, "end_turn"), MESSAGE_STOP]))
+    events = await collect(make_request(fake, thinking={"budgetTokens": 2048}))
+    assert RedactedThinking("EmwKAhgBEgy3va3pzix/LafPsn4a") in events
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"},
+                                          {"type": "text", "text": "ok"}]},
+        {"role": "user", "content": [{"type": "text", "text": "more"}]},
+    ]
+    fake.add(FakeResponse(chunks=[message_start(), block_start(0, {"type": "text", "text": ""}), text_delta(0, "x"),
+                                  block_stop(0), message_delta(1, "end_turn"), MESSAGE_STOP]))
+    await collect(make_request(fake, messages=history, thinking={"budgetTokens": 2048}))
+    sent = fake.requests[-1].json["messages"][1]["content"]
+    assert sent[0] == {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"}

@@ -158,6 +158,14 @@ class ThinkingBlock(WireModel):
     """Anthropic's signature, sent back with the block in later requests."""
 
 
+class RedactedThinkingBlock(WireModel):
+    """Thinking the provider encrypted (Anthropic `redacted_thinking`); kept only to be sent
+    back unchanged, as the API requires with tool use (kode-rpc extension)."""
+
+    type: Literal["redacted_thinking"] = "redacted_thinking"
+    data: str
+
+
 class ToolUseBlock(WireModel):
     type: Literal["tool_use"] = "tool_use"
     id: str
@@ -179,7 +187,7 @@ class ImageBlock(WireModel):
 
 
 ContentBlock = Annotated[
-    Union[TextBlock, ThinkingBlock, ToolUseBlock, ToolResultBlock, ImageBlock],
+    Union[TextBlock, ThinkingBlock, RedactedThinkingBlock, ToolUseBlock, ToolResultBlock, ImageBlock],
     Field(discriminator="type"),
 ]
 

@@ -138,8 +138,9 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   `kode_agents_working`, `kode_tokens_total{kind}`, `kode_errors_total{phase}`,
   `kode_turns_total{reason}` and the histogram `kode_tool_duration_seconds`.
 - **Providers** are configured as `docs/providers.md` says; `ModelConfig` adds `thinking`,
-  `timeoutMs` and `retry` to the contract's fields, and `ThinkingBlock` carries Anthropic's
-  `signature`. `-32020` errors carry `data.type`, `data.retryable`, `data.turnId` and
+  `timeoutMs` and `retry` to the contract's fields, `ThinkingBlock` carries Anthropic's
+  `signature`, and a `redacted_thinking` content block keeps Anthropic's encrypted
+  thinking (never shown as an event) so it can be sent back as the API requires. `-32020` errors carry `data.type`, `data.retryable`, `data.turnId` and
   `data.lastSeq`; besides the contract's types, `data.type` may be `connection`,
   `invalid_request` or `invalid_response`.
 - Not built yet: ACP mode (`initialize` reports

@@ -31,6 +31,7 @@ from .base import (
     ModelRequest,
     Provider,
     ProviderError,
+    RedactedThinking,
     StreamEvent,
     TextDelta,
     ThinkingDelta,
@@ -98,6 +99,8 @@ def convert_block(role: str, block: dict[str, Any]) -> dict[str, Any] | None:
         if role != "assistant" or not block.get("signature"):
             return None
         return {"type": "thinking", "thinking": block.get("thinking") or "", "signature": block["signature"]}
+    if kind == "redacted_thinking":
+        return {"type": "redacted_thinking", "data": block.get("data")} if role == "assistant" and block.get("data") else None
     if kind == "tool_use":
         if role != "assistant":
             return None
@@ -267,6 +270,8 @@ class _StreamState:
             return [TextDelta(block["text"])]
         elif btype == "thinking" and block.get("thinking"):
             return [ThinkingDelta(block["thinking"], signature=block.get("signature") or None)]
+        elif btype == "redacted_thinking" and block.get("data"):
+            return [RedactedThinking(str(block["data"]))]
         return []
 
     def _block_delta(self, data: dict[str, Any]) -> list[StreamEvent]:

@@ -41,6 +41,13 @@ class ThinkingDelta:
 
 
 @dataclass
+class RedactedThinking:
+    """An encrypted thinking block: not shown, stored to be sent back with the conversation."""
+
+    data: str
+
+
+@dataclass
 class ToolCallRequest:
     id: str
     name: str
@@ -55,7 +62,7 @@ class UsageReport:
     cache_write_tokens: int = 0
 
 
-StreamEvent = Union[TextDelta, ThinkingDelta, ToolCallRequest, UsageReport]
+StreamEvent = Union[TextDelta, ThinkingDelta, RedactedThinking, ToolCallRequest, UsageReport]
 
 
 RETRYABLE_TYPES = frozenset({"rate_limit", "timeout", "service_unavailable", "connection"})

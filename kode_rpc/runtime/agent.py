@@ -27,6 +27,7 @@ from ..protocol.events import FINAL_TOOL_STATES, ToolCall
 from ..providers.base import (
     ModelRequest,
     ProviderError,
+    RedactedThinking,
     TextDelta,
     ThinkingDelta,
     ToolCallRequest,
@@ -121,6 +122,7 @@ class StepOutput:
         self.calls: list[ToolCallRequest] = []
         self.usage: UsageReport | None = None
         self.signature: str | None = None
+        self.redacted: list[str] = []
 
 
 class Agent:
@@ -370,6 +372,8 @@ class Agent:
                         self.emit({"type": f"{kind}_chunk_start", "step": step}, tid)
                     (out.text if kind == "text" else out.thinking).append(ev.text)
                     self.emit({"type": f"{kind}_chunk", "step": step, "delta": ev.text}, tid)
+                elif isinstance(ev, RedactedThinking):
+                    out.redacted.append(ev.data)
                 elif isinstance(ev, ToolCallRequest):
                     out.calls.append(ev)
                 elif isinstance(ev, UsageReport):
@@ -392,6 +396,7 @@ class Agent:
             if out.signature:
                 block["signature"] = out.signature
             content.append(block)
+        content.extend({"type": "redacted_thinking", "data": data} for data in out.redacted)
         if text:
             content.append({"type": "text", "text": text})
         for call in out.calls:

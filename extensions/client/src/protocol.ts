@@ -568,7 +568,9 @@ export interface ListResult {
 export interface Message {
   index: number;
   role: "user" | "assistant" | "tool" | "system";
-  content: (TextBlock | ThinkingBlock | ToolUseBlock | ToolResultBlock | ImageBlock)[];
+  content: (
+    TextBlock | ThinkingBlock | RedactedThinkingBlock | ToolUseBlock | ToolResultBlock | ImageBlock
+  )[];
   turnId?: string | null;
   createdAt: string;
 }
@@ -582,6 +584,15 @@ export interface ThinkingBlock {
   type: "thinking";
   thinking: string;
   signature?: string | null;
+}
+
+/**
+ * Thinking the provider encrypted (Anthropic `redacted_thinking`); kept only to be sent
+ * back unchanged, as the API requires with tool use (kode-rpc extension).
+ */
+export interface RedactedThinkingBlock {
+  type: "redacted_thinking";
+  data: string;
 }
 
 export interface ToolUseBlock {
@@ -663,7 +674,16 @@ export interface ResumeResult {
 export interface SendParams {
   agentId: string;
   text?: string | null;
-  content?: (TextBlock | ThinkingBlock | ToolUseBlock | ToolResultBlock | ImageBlock)[] | null;
+  content?:
+    | (
+        | TextBlock
+        | ThinkingBlock
+        | RedactedThinkingBlock
+        | ToolUseBlock
+        | ToolResultBlock
+        | ImageBlock
+      )[]
+    | null;
   kind?: "user" | "reminder";
 }
 
