@@ -282,3 +282,46 @@ async def test_crash_between_done_and_turn_row_does_not_end_the_turn_twice(spawn
     dones = [e["turnId"] for e in c2.events_of("cw", "done")]
     assert dones.count(res["turnId"]) == 1
     assert (await c2.request("store/consistency", {"agentId": "cw"}))["consistent"]
+
+
+async def test_decide_racing_resume_after_a_crash_recovers_once(spawn: Spawn) -> None:
+    """A request that loads the agent (decide) racing agent/resume must not recover it twice."""
+    c = await spawn()
+    await c.request("agent/create", {"agentId": "rr", "model": scripted({"text": "one", "delayMs": 5000}, {"text": "two"})})
+    first = await c.request("agent/send", {"agentId": "rr", "text": "first"})
+    second = await c.request("agent/send", {"agentId": "rr", "text": "second"})
+    await c.wait_event("rr", "breakpoint_changed")
+    c.kill()
+    await c.wait_exit()
+    c2 = await spawn()
+    decide = asyncio.ensure_future(c2.request("agent/decide", {"agentId": "rr", "approvalId": "apr_nope", "decision": "allow"}))
+    resume = asyncio.ensure_future(c2.request("agent/resume", {"agentId": "rr", "since": 0}))
+    with pytest.raises(RpcError):
+        await decide
+    await resume
+    await c2.wait_for(lambda: any(e["turnId"] == second["turnId"] for e in c2.events_of("rr", "done")))
+    await asyncio.sleep(0.3)
+    dones = [(e["turnId"], e["event"]["reason"]) for e in c2.events_of("rr", "done")]
+    assert dones == [(first["turnId"], "interrupted"), (second["turnId"], "completed")]
+    assert len([e for e in c2.events_of("rr", "agent_resumed") if not e.get("replay")]) <= 2
+    assert (await c2.request("store/consistency", {"agentId": "rr"}))["consistent"]
+
+
+async def test_hibernation_racing_requests_keeps_leases(spawn: Spawn, data_dir: Path) -> None:
+    """With one slot, creating agents hibernates `a` while a request touches it: `a` must
+    never be active without its lease, and no request may fail with an internal error."""
+    import sqlite3
+
+    c = await spawn("--max-agents", "1")
+    await c.request("agent/create", {"agentId": "a"})
+    for i in range(40):  # the race hit 1-2 times in 40 before the fix
+        create = asyncio.ensure_future(c.request("agent/create", {"agentId": f"b{i}"}))
+        await asyncio.sleep(0.0005 * (i % 8))
+        todos = asyncio.ensure_future(c.request("agent/todos", {"agentId": "a", "todos": [{"id": "1", "title": f"t{i}"}]}))
+        results = await asyncio.gather(create, todos, return_exceptions=True)
+        assert not [r for r in results if isinstance(r, RpcError) and r.code == -32603]
+        status = await c.request("agent/status", {"agentId": "a"})
+        conn = sqlite3.connect(data_dir / "kode.db")
+        lease = conn.execute("SELECT pid FROM leases WHERE agent_id='a'").fetchall()
+        conn.close()
+        assert not status["active"] or lease, f"iteration {i}: a is active without a lease"
