@@ -13,3 +13,11 @@ def assert_gapless(events: list[dict[str, Any]], start: int = 1) -> None:
 
 def types(events: list[dict[str, Any]]) -> list[str]:
     return [e["event"]["type"] for e in events]
+
+
+async def never_answer(params: dict[str, Any]) -> dict[str, Any]:
+    """An approval handler that never replies (the test decides some other way)."""
+    import asyncio
+
+    await asyncio.sleep(3600)
+    return {"decision": "deny"}

@@ -12,7 +12,7 @@ import pytest
 from kode_rpc.client import RpcError
 
 from .conftest import Spawn, scripted
-from .helpers import assert_gapless, types
+from .helpers import assert_gapless, never_answer, types
 
 
 async def test_echo_turn_streams_chunks_and_done(spawn: Spawn) -> None:
@@ -178,11 +178,7 @@ async def test_remember_allows_tool_for_later_calls(spawn: Spawn, work_dir: Path
 async def test_approval_timeout_denies_and_cancels_request(spawn: Spawn, work_dir: Path) -> None:
     c = await spawn()
 
-    async def never(params: dict) -> dict:
-        await asyncio.sleep(30)
-        return {"decision": "allow"}
-
-    c.on_approval = never
+    c.on_approval = never_answer
     await c.request("agent/create", {"agentId": "t", "model": scripted({"toolCalls": [{"name": "bash_run", "input": {"cmd": "echo x"}}]}),
                                      "sandbox": {"workDir": str(work_dir)},
                                      "permission": {"mode": "approval", "approvalTimeoutMs": 300}})
@@ -353,11 +349,7 @@ async def test_tool_output_is_bounded(spawn: Spawn, work_dir: Path) -> None:
 async def test_agent_decide_cancels_the_outstanding_request_and_can_remember(spawn: Spawn, work_dir: Path) -> None:
     c = await spawn()
 
-    async def never(params: dict) -> dict:
-        await asyncio.sleep(60)
-        return {"decision": "deny"}
-
-    c.on_approval = never
+    c.on_approval = never_answer
     write = {"name": "fs_write", "input": {"path": "d.txt", "content": "1"}}
     await c.request("agent/create", {"agentId": "dc", "sandbox": {"workDir": str(work_dir)}, "permission": {"mode": "approval"},
                                      "model": scripted({"toolCalls": [write]}, {"text": "a"}, {"toolCalls": [write]}, {"text": "b"})})

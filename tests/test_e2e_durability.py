@@ -10,7 +10,7 @@ import pytest
 from kode_rpc.client import RpcError
 
 from .conftest import Spawn, scripted
-from .helpers import assert_gapless, types
+from .helpers import assert_gapless, never_answer, types
 
 
 async def test_sigkill_mid_turn_then_resume_replays_and_continues(spawn: Spawn, work_dir: Path) -> None:
@@ -246,11 +246,7 @@ async def test_graceful_shutdown_keeps_queued_turns_queued(spawn: Spawn) -> None
 async def test_delete_with_pending_approval_answers_complete(spawn: Spawn, work_dir: Path, data_dir: Path) -> None:
     c = await spawn()
 
-    async def never(params: dict) -> dict:
-        await asyncio.sleep(60)
-        return {"decision": "allow"}
-
-    c.on_approval = never
+    c.on_approval = never_answer
     await c.request("agent/create", {"agentId": "dl", "sandbox": {"workDir": str(work_dir)}, "permission": {"mode": "approval"},
                                      "model": scripted({"toolCalls": [{"name": "fs_write", "input": {"path": "x", "content": "1"}}]})})
     task = asyncio.create_task(c.request("agent/complete", {"agentId": "dl", "text": "go"}))

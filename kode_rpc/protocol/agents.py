@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator
 
-from .base import OpenModel, WireModel
+from .base import WireModel
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 AgentId = Annotated[str, Field(pattern=AGENT_ID_PATTERN)]
@@ -308,7 +308,3 @@ class TodosResult(WireModel):
 
 class DeleteResult(WireModel):
     deleted: bool
-
-
-class Metadata(OpenModel):
-    """Free-form client metadata stored with the agent."""

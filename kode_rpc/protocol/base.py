@@ -61,9 +61,3 @@ class WireModel(BaseModel):
     def wire(self) -> dict[str, Any]:
         """The JSON-ready dict sent on the wire (aliases, no None-valued optionals)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-class OpenModel(WireModel):
-    """A wire model that keeps unknown keys (tool inputs, metadata-like objects)."""
-
-    model_config = ConfigDict(extra="allow")

@@ -203,7 +203,7 @@ def _models() -> list[type[BaseModel]]:
     for module in (system, agents, approvals, events):
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__:
-                if value not in seen and value.__name__ not in ("WireModel", "OpenModel"):
+                if value not in seen and value.__name__ != "WireModel":
                     seen.append(value)
     return seen
 

@@ -23,16 +23,6 @@ INPUT_TOO_LARGE = -32013
 UNSUPPORTED_PROTOCOL = -32014
 PROVIDER_ERROR = -32020
 
-PROVIDER_ERROR_TYPES = (
-    "rate_limit",
-    "timeout",
-    "service_unavailable",
-    "authentication",
-    "quota_exceeded",
-    "connection",
-    "invalid_response",
-    "provider_error",
-)
 
 
 class RpcError(Exception):

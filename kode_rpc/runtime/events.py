@@ -84,11 +84,6 @@ class EventLog:
         if subs and subscriber in subs:
             subs.remove(subscriber)
 
-    def unsubscribe_all(self, subscriber: Subscriber) -> None:
-        for subs in self._subs.values():
-            if subscriber in subs:
-                subs.remove(subscriber)
-
     # --- emitting --------------------------------------------------------------
     def emit(self, agent_id: str, event: dict[str, Any], turn_id: str | None = None) -> Envelope:
         """Store and deliver `event`; `await envelope.delivered` to wait until it is durable."""

@@ -77,6 +77,7 @@ class Session:
                 conn.register(name, self._wrap(getattr(self, "h_" + name.replace("/", "_"))))
 
     def _wrap(self, fn: Callable[[dict[str, Any]], Awaitable[Any]]) -> Callable[[dict[str, Any]], Awaitable[Any]]:
+        """A plain function around the bound method: pygls sets attributes on what it registers."""
         async def handler(params: dict[str, Any]) -> Any:
             return await fn(params)
 
@@ -405,11 +406,3 @@ class Session:
     async def h_metrics_prometheus(self, params: dict[str, Any]) -> Any:
         stored = (await self.store.metrics())["storage"]["totalAgents"]
         return {"contentType": "text/plain; version=0.0.4", "text": self.metrics.exposition(self.pool.stats(), stored)}
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether the client process named in `initialize.processId` still runs."""
-    from ..store.sqlite import pid_alive as _alive
-
-    return _alive(pid)
-
