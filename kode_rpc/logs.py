@@ -60,6 +60,4 @@ def setup_logging(level: str, redact_sensitive: bool = True) -> str | None:
     except OSError as exc:
         logging.getLogger(__name__).warning("no log file: %s", exc)
         path = None
-    # pygls logs every message body at INFO: keep it quiet unless we debug
-    logging.getLogger("pygls").setLevel(logging.WARNING if root.level > logging.DEBUG else logging.DEBUG)
     return path

@@ -183,7 +183,7 @@ def test_version_flag() -> None:
 
 
 async def test_pipelined_requests_right_after_initialize(spawn: Spawn) -> None:
-    """Requests sent before pygls has loaded wait for it and run in arrival order."""
+    """Requests pipelined behind initialize wait for it and run in arrival order."""
     c = await spawn(init=False)
     msgs = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": 1}},
@@ -236,7 +236,8 @@ async def test_review_findings_bad_input_never_internal_error(spawn: Spawn) -> N
     info = await c.request("agent/create", {"agentId": "rv"})
     assert info["workDir"] == "/tmp/kode ws"
     [r] = await raw_reply(c, frame(b'{"jsonrpc":"2.0","id":3,"method":"agent/send","params":{"agentId":"rv","text":"\\ud800"}}'))
-    assert r["error"]["code"] == -32602 and r["error"]["data"]["reason"] == "invalid_unicode"
+    assert r["error"]["code"] == -32602 and r["error"]["data"]["reason"] == "invalid_string"
+    assert r["error"]["data"]["errors"][0]["field"] == "text"
     for params in ({"agentId": "rv", "limit": 2**70}, {"agentId": "rv", "before": 2**70}):
         with pytest.raises(RpcError) as err:
             await c.request("agent/messages", params)

@@ -13,12 +13,18 @@ from typing import Any
 
 import pytest
 
-from kode_rpc.client import RpcError
 
 from .conftest import Spawn
 from .fakes import FakeResponse, FakeServer, sse
 
 KEY = "sk-ant-api03-test-KEY-do-not-leak-0123456789abcdef"
+
+
+async def failed_turn(reply: Any) -> dict[str, Any]:
+    """A turn that fails on the provider is a result (`status: "error"`), never a JSON-RPC error."""
+    result = await reply
+    assert result["status"] == "error", result
+    return result["error"]
 
 
 def anthropic_text(text: str, *, input_tokens: int = 12, output_tokens: int = 5, cache_read: int = 0,
@@ -77,10 +83,9 @@ async def test_service_unavailable_gives_up_after_max_retries(spawn: Spawn, fake
     fake.add(*[error_response(503, "api_error", "upstream down") for _ in range(4)])
     c = await spawn(env=env)
     await c.request("agent/create", {"agentId": "su", "model": model(fake, retry={"maxRetries": 3, "baseDelayMs": 10})})
-    with pytest.raises(RpcError) as err:
-        await c.request("agent/complete", {"agentId": "su", "text": "hi"})
-    assert err.value.code == -32020 and err.value.data["type"] == "service_unavailable"
-    assert err.value.data["retryable"] is True
+    err = await failed_turn(c.request("agent/complete", {"agentId": "su", "text": "hi"}))
+    assert err["type"] == "service_unavailable"
+    assert err["retryable"] is True
     assert [e["event"]["attempt"] for e in c.events_of("su", "retry")] == [1, 2, 3]
     error = c.events_of("su", "error")[0]["event"]
     assert error["phase"] == "model" and error["severity"] == "error"
@@ -95,9 +100,8 @@ async def test_authentication_error_is_not_retried(spawn: Spawn, fake: FakeServe
     fake.add(error_response(401, "authentication_error", "invalid x-api-key"))
     c = await spawn(env=env)
     await c.request("agent/create", {"agentId": "au", "model": model(fake)})
-    with pytest.raises(RpcError) as err:
-        await c.request("agent/complete", {"agentId": "au", "text": "hi"})
-    assert err.value.data["type"] == "authentication" and err.value.data["retryable"] is False
+    err = await failed_turn(c.request("agent/complete", {"agentId": "au", "text": "hi"}))
+    assert err["type"] == "authentication" and err["retryable"] is False
     assert not c.events_of("au", "retry") and len(fake.requests) == 1
 
 
@@ -106,9 +110,8 @@ async def test_stream_broken_after_text_is_an_error_not_a_duplicate(spawn: Spawn
     fake.add(FakeResponse(chunks=chunks, drop_after=5), FakeResponse(chunks=anthropic_text("should not be used")))
     c = await spawn(env=env)
     await c.request("agent/create", {"agentId": "br", "model": model(fake, retry={"baseDelayMs": 10})})
-    with pytest.raises(RpcError) as err:
-        await c.request("agent/complete", {"agentId": "br", "text": "hi"})
-    assert err.value.data["type"] == "connection"
+    err = await failed_turn(c.request("agent/complete", {"agentId": "br", "text": "hi"}))
+    assert err["type"] == "connection"
     text = "".join(e["event"]["delta"] for e in c.events_of("br", "text_chunk"))
     assert text and "one two three four five six".startswith(text)
     assert len(fake.requests) == 1 and not c.events_of("br", "retry")
@@ -120,18 +123,16 @@ async def test_hung_server_hits_timeout(spawn: Spawn, fake: FakeServer, env: dic
     c = await spawn(env=env)
     await c.request("agent/create", {"agentId": "hu", "model": model(fake, timeoutMs=300, retry={"maxRetries": 0})})
     t0 = time.monotonic()
-    with pytest.raises(RpcError) as err:
-        await c.request("agent/complete", {"agentId": "hu", "text": "hi"})
-    assert err.value.data["type"] == "timeout" and time.monotonic() - t0 < 5
+    err = await failed_turn(c.request("agent/complete", {"agentId": "hu", "text": "hi"}))
+    assert err["type"] == "timeout" and time.monotonic() - t0 < 5
 
 
 async def test_garbage_stream_is_an_error_not_a_crash(spawn: Spawn, fake: FakeServer, env: dict[str, str]) -> None:
     fake.add(FakeResponse(chunks=[b"event: message_start\ndata: {not json at all\n\n"]))
     c = await spawn(env=env)
     await c.request("agent/create", {"agentId": "ga", "model": model(fake, retry={"maxRetries": 0})})
-    with pytest.raises(RpcError) as err:
-        await c.request("agent/complete", {"agentId": "ga", "text": "hi"})
-    assert err.value.data["type"] == "invalid_response"
+    err = await failed_turn(c.request("agent/complete", {"agentId": "ga", "text": "hi"}))
+    assert err["type"] == "invalid_response"
     assert (await c.request("pool/stats"))["active"] == 1
 
 
@@ -171,9 +172,8 @@ async def test_key_never_reaches_store_events_or_logs(spawn: Spawn, fake: FakeSe
              FakeResponse(chunks=anthropic_text("fine")))
     c = await spawn("--log-level", "DEBUG", env=env)
     await c.request("agent/create", {"agentId": "ke", "model": model(fake)})
-    with pytest.raises(RpcError) as err:
-        await c.request("agent/complete", {"agentId": "ke", "text": "hi"})
-    assert KEY not in str(err.value.message) + str(err.value.data)
+    err = await failed_turn(c.request("agent/complete", {"agentId": "ke", "text": "hi"}))
+    assert KEY not in str(err)
     await c.request("agent/complete", {"agentId": "ke", "text": "again"})
     assert await c.close() == 0
     assert fake.requests[0].headers["x-api-key"] == KEY, "the key was really used"
@@ -189,9 +189,8 @@ async def test_key_never_reaches_store_events_or_logs(spawn: Spawn, fake: FakeSe
 async def test_missing_key_is_an_authentication_error(spawn: Spawn, fake: FakeServer, server_env: dict[str, str]) -> None:
     c = await spawn()
     await c.request("agent/create", {"agentId": "nk", "model": model(fake, apiKeyEnv="NO_SUCH_KEY_VAR")})
-    with pytest.raises(RpcError) as err:
-        await c.request("agent/complete", {"agentId": "nk", "text": "hi"})
-    assert err.value.data["type"] == "authentication" and "NO_SUCH_KEY_VAR" in err.value.message
+    err = await failed_turn(c.request("agent/complete", {"agentId": "nk", "text": "hi"}))
+    assert err["type"] == "authentication" and "NO_SUCH_KEY_VAR" in err["message"]
     assert not fake.requests
 
 

@@ -232,12 +232,22 @@ class SendResult(WireModel):
     queued: bool
 
 
+class TurnError(WireModel):
+    """Why a turn ended with `done {reason: "error"}` (`type` from the -32020 vocabulary)."""
+
+    type: str
+    message: str
+    retryable: bool = False
+
+
 class CompleteResult(WireModel):
     status: Literal["ok", "paused", "interrupted", "error"]
     text: str
     turn_id: str
     last_seq: int
     permission_ids: list[str]
+    error: TurnError | None = None
+    """Present when `status` is `error`: a failed turn is a result, not a JSON-RPC error."""
 
 
 class InterruptParams(AgentRef):

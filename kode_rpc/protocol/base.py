@@ -38,6 +38,12 @@ def _object_keys(cls: type[BaseModel]) -> frozenset[str]:
     return frozenset(keys)
 
 
+@lru_cache(maxsize=None)
+def _required_nullable(cls: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(name for name, f in cls.model_fields.items()
+                 if f.is_required() and type(None) in typing.get_args(f.annotation))
+
+
 class WireModel(BaseModel):
     """Base of all protocol types: camelCase on the wire, unknown keys ignored."""
 
@@ -59,5 +65,10 @@ class WireModel(BaseModel):
         return data
 
     def wire(self) -> dict[str, Any]:
-        """The JSON-ready dict sent on the wire (aliases, no None-valued optionals)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The JSON-ready dict sent on the wire: aliases, optional fields left out when None,
+        required nullable fields (e.g. a policy decision's `approvalId`) kept as null."""
+        out = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for name in _required_nullable(type(self)):
+            if getattr(self, name) is None:
+                out[type(self).model_fields[name].alias or name] = None
+        return out

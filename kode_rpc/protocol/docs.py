@@ -59,9 +59,8 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
 - stdout carries frames only: at start the server takes its own handle on fd 1 and points
   fd 1 and `sys.stdout` at stderr, so a stray `print` or child process cannot corrupt the
   stream. Logs go to stderr and `kode-rpc.log` in the user log dir (`KODE_LOG_DIR`).
-- `initialize` is answered as soon as the process is up; the JSON-RPC dispatcher (pygls)
-  loads right after it, and requests sent meanwhile (also pipelined behind `initialize`)
-  wait and run in arrival order. If `initialize` fails, they get `-32003`.
+- Requests pipelined behind `initialize` wait until it has been answered and then run in
+  arrival order. If `initialize` fails, they get `-32003`.
 - Requests run concurrently. Requests that name the same agent and change it
   (`agent/create`, `resume`, `send`, `complete`, `todos` with a list, `delete`) start in
   arrival order, so a pipelined `agent/create` + `agent/send` works without waiting.

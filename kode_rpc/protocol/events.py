@@ -176,6 +176,7 @@ class FileChanged(WireModel):
     type: Literal["file_changed"] = "file_changed"
     path: str
     change: Literal["added", "modified", "deleted"]
+    by: Literal["agent", "external"] = "agent"
 
 
 class ContextCompression(WireModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -76,10 +76,18 @@ class TemplateInfo(WireModel):
     id: str
     version: str
     description: str
+    source: Literal["builtin", "user", "workspace"] = "builtin"
+    path: str | None = None
+
+
+class TemplateError(WireModel):
+    path: str
+    message: str
 
 
 class TemplatesResult(WireModel):
     templates: list[TemplateInfo]
+    errors: list[TemplateError] = Field(default_factory=list)
 
 
 class DatabaseHealth(WireModel):
@@ -99,7 +107,7 @@ class StoreHealth(WireModel):
 
 
 class ConsistencyParams(WireModel):
-    agent_id: str
+    agent_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
 class ConsistencyResult(WireModel):

@@ -23,6 +23,7 @@ from ..config import Settings
 from ..logs import redact
 from ..protocol.agents import AgentConfig, AgentInfo, Usage
 from ..protocol.errors import APPROVAL_NOT_PENDING, OVERLOADED, RpcError, not_found
+from ..protocol import events as ev
 from ..protocol.events import FINAL_TOOL_STATES, ToolCall
 from ..providers.base import (
     ModelRequest,
@@ -171,7 +172,8 @@ class Agent:
     def touch(self) -> None:
         self.last_active = time.monotonic()
 
-    def emit(self, event: dict[str, Any], turn_id: str | None = None) -> Envelope:
+    def emit(self, event: ev.Event, turn_id: str | None = None) -> Envelope:
+        """Emit an event built from its wire model (so no field can be forgotten)."""
         return self.svc.events.emit(self.id, event, turn_id)
 
     def info(self) -> AgentInfo:
@@ -192,12 +194,12 @@ class Agent:
     def _set_state(self, state: str, turn_id: str | None) -> None:
         if state != self.state:
             self.state = state
-            self.emit({"type": "state_changed", "state": state}, turn_id)
+            self.emit(ev.StateChanged(state=state), turn_id)
 
     def _set_breakpoint(self, bp: str, turn_id: str | None) -> None:
         if bp != self.breakpoint:
             prev, self.breakpoint = self.breakpoint, bp
-            self.emit({"type": "breakpoint_changed", "previous": prev, "current": bp}, turn_id)
+            self.emit(ev.BreakpointChanged(previous=prev, current=bp), turn_id)
 
     def _runtime(self) -> dict[str, Any]:
         return {
@@ -217,7 +219,7 @@ class Agent:
 
     async def set_todos(self, todos: list[dict[str, Any]], turn_id: str | None = None) -> list[dict[str, Any]]:
         self.todos = todos
-        self.emit({"type": "todo_changed", "todos": todos}, turn_id)
+        self.emit(ev.TodoChanged(todos=todos), turn_id)
         await self.svc.store.set_todos(self.id, todos)
         return todos
 
@@ -280,8 +282,7 @@ class Agent:
                 await self._model_step(turn, step, out)
                 requests = out.calls
                 self._record_assistant(turn, step, out)
-                self.emit({"type": "step_complete", "step": step,
-                           "durationMs": int((time.monotonic() - started) * 1000)}, tid)
+                self.emit(ev.StepComplete(step=step, duration_ms=int((time.monotonic() - started) * 1000)), tid)
                 if self._over_budget():
                     if requests:
                         self._append_message("tool", [_not_run(r.id, "token budget exceeded") for r in requests], tid)
@@ -297,13 +298,13 @@ class Agent:
         except ProviderError as exc:
             exc.message = redact(exc.message)  # servers echo keys back in error bodies
             turn.error = exc
-            self.emit({"type": "error", "severity": "error", "phase": "model",
-                       "message": f"{exc.type}: {exc.message}", "retryable": exc.retryable}, tid)
+            self.emit(ev.ErrorEvent(severity="error", phase="model", message=f"{exc.type}: {exc.message}",
+                                    retryable=exc.retryable), tid)
             reason = "error"
         except Exception as exc:  # the server's own fault: report it, keep the agent usable
             log.exception("turn %s of agent %s failed", tid, self.id)
-            self.emit({"type": "error", "severity": "error", "phase": "system",
-                       "message": f"internal error: {exc}", "retryable": False}, tid)
+            self.emit(ev.ErrorEvent(severity="error", phase="system", message=f"internal error: {exc}",
+                                    retryable=False), tid)
             reason = "error"
         await self._finish_turn(turn, step, reason)
 
@@ -313,7 +314,7 @@ class Agent:
         self._set_state("READY", tid)
         self.persist()
         turn.finishing = True  # an interrupt from here on has nothing left to stop
-        env = self.emit({"type": "done", "step": max(step, 0), "reason": reason}, tid)
+        env = self.emit(ev.Done(step=max(step, 0), reason=reason), tid)
         # Stored after the done event (writes are ordered): a crash between the two leaves
         # a "running" turn whose done is stored, which recover() recognises.
         turn.row.status = "done"
@@ -353,38 +354,38 @@ class Agent:
         def on_retry(attempt: int, delay_ms: int, err: ProviderError) -> None:
             if self.svc.settings.debug.log_retries:
                 log.warning("agent %s: %s (%s), retry %d in %d ms", self.id, err.type, err.message, attempt, delay_ms)
-            self.emit({"type": "retry", "attempt": attempt, "delayMs": delay_ms,
-                       "error": {"type": err.type, "message": redact(err.message)}}, tid)
+            self.emit(ev.Retry(attempt=attempt, delay_ms=delay_ms,
+                               error=ev.RetryErrorInfo(type=err.type, message=redact(err.message))), tid)
 
         open_kind: str | None = None
         try:
             stream = stream_with_retry(provider, request, RetryPolicy.from_wire(config.get("retry")), on_retry)
-            async for ev in stream:
-                if isinstance(ev, (TextDelta, ThinkingDelta)):
-                    kind = "text" if isinstance(ev, TextDelta) else "think"
-                    if isinstance(ev, ThinkingDelta) and ev.signature:
-                        out.signature = ev.signature
-                        if not ev.text:
+            async for delta in stream:
+                if isinstance(delta, (TextDelta, ThinkingDelta)):
+                    kind = "text" if isinstance(delta, TextDelta) else "think"
+                    if isinstance(delta, ThinkingDelta) and delta.signature:
+                        out.signature = delta.signature
+                        if not delta.text:
                             continue
                     if open_kind != kind:
                         self._close_block(open_kind, step, out, tid)
                         open_kind = kind
-                        self.emit({"type": f"{kind}_chunk_start", "step": step}, tid)
-                    (out.text if kind == "text" else out.thinking).append(ev.text)
-                    self.emit({"type": f"{kind}_chunk", "step": step, "delta": ev.text}, tid)
-                elif isinstance(ev, RedactedThinking):
-                    out.redacted.append(ev.data)
-                elif isinstance(ev, ToolCallRequest):
-                    out.calls.append(ev)
-                elif isinstance(ev, UsageReport):
-                    out.usage = ev
+                        self.emit((ev.TextChunkStart if kind == "text" else ev.ThinkChunkStart)(step=step), tid)
+                    (out.text if kind == "text" else out.thinking).append(delta.text)
+                    self.emit((ev.TextChunk if kind == "text" else ev.ThinkChunk)(step=step, delta=delta.text), tid)
+                elif isinstance(delta, RedactedThinking):
+                    out.redacted.append(delta.data)
+                elif isinstance(delta, ToolCallRequest):
+                    out.calls.append(delta)
+                elif isinstance(delta, UsageReport):
+                    out.usage = delta
         finally:
             self._close_block(open_kind, step, out, tid)
 
     def _close_block(self, kind: str | None, step: int, out: StepOutput, tid: str) -> None:
         if kind is not None:
             text = "".join(out.text if kind == "text" else out.thinking)
-            self.emit({"type": f"{kind}_chunk_end", "step": step, "text": text}, tid)
+            self.emit((ev.TextChunkEnd if kind == "text" else ev.ThinkChunkEnd)(step=step, text=text), tid)
 
     def _record_assistant(self, turn: Turn, step: int, out: StepOutput) -> None:
         tid = turn.id
@@ -413,15 +414,11 @@ class Agent:
         if debug.log_token_usage or debug.log_cache:
             log.info("agent %s usage: in=%d out=%d cache_read=%d cache_write=%d cost=$%.6f", self.id,
                      usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens, cost)
-        self.emit({
-            "type": "token_usage",
-            "inputTokens": usage.input_tokens,
-            "outputTokens": usage.output_tokens,
-            "cacheReadTokens": usage.cache_read_tokens,
-            "cacheWriteTokens": usage.cache_write_tokens,
-            "totalTokens": usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens,
-            "costUsd": round(cost, 8),
-        }, tid)
+        self.emit(ev.TokenUsage(
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens,
+            total_tokens=usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens,
+            cost_usd=round(cost, 8)), tid)
         self.persist()
 
     def _over_budget(self) -> bool:
@@ -442,7 +439,7 @@ class Agent:
         preview = tool.preview(req.input) if tool else req.name
         run = CallRun(ToolCall(id=req.id, name=req.name, input=req.input, input_preview=preview, state="PENDING"), step)
         self._store_call(turn, run, "created")
-        self.emit({"type": "tool:start", "call": run.call.wire()}, turn.id)
+        self.emit(ev.ToolStart(call=run.call), turn.id)
         return run
 
     def _store_call(self, turn: Turn, run: CallRun, note: str | None = None) -> asyncio.Future[None]:
@@ -490,8 +487,8 @@ class Agent:
                 assert self.config.permission is not None, "the pool always resolves a policy"
                 verdict, why = evaluate(self.config.permission, call.name, tool.readonly, self.remembered)
                 if verdict == "deny":
-                    self.emit({"type": "permission_decided", "approvalId": None, "callId": call.id,
-                               "decision": "deny", "decidedBy": "policy", "note": why}, turn.id)
+                    self.emit(ev.PermissionDecided(approval_id=None, call_id=call.id, decision="deny",
+                                                   decided_by="policy", note=why), turn.id)
                     await self._finish_call(turn, run, "DENIED", ToolResult.fail(f"denied by policy: {why}", "denied"))
                     return
                 decision = await self._ask(turn, run, tool, args) if verdict == "ask" else {"decision": "allow"}
@@ -525,7 +522,7 @@ class Agent:
                     log.exception("tool %s raised", call.name)
                     call.duration_ms = int((time.monotonic() - started) * 1000)
                     call.error = f"{type(exc).__name__}: {exc}"
-                    self.emit({"type": "tool:error", "call": call.wire(), "error": call.error}, turn.id)
+                    self.emit(ev.ToolError(call=call, error=call.error), turn.id)
                     await self._finish_call(turn, run, "FAILED", ToolResult.fail(call.error, "tool_error"))
                     return
                 call.duration_ms = int((time.monotonic() - started) * 1000)
@@ -545,10 +542,9 @@ class Agent:
         if not result.ok and call.error is None:
             call.error = result.error
         self._store_call(turn, run, state.lower())
-        wire = call.wire()
-        self.emit({"type": "tool:end", "call": wire}, turn.id)
+        self.emit(ev.ToolEnd(call=call), turn.id)
         if run.executed:
-            self.emit({"type": "tool_executed", "call": wire}, turn.id)
+            self.emit(ev.ToolExecuted(call=call), turn.id)
 
     # --- approvals -------------------------------------------------------------
     async def _ask(self, turn: Turn, run: CallRun, tool: Tool, args: Any) -> dict[str, Any]:
@@ -573,7 +569,7 @@ class Agent:
             request["expiresAt"] = expires
         self.svc.store.put_approval(ApprovalRow(self.id, approval_id, call.id, turn.id, "pending", request, now_iso()))
         run.approval = self._register_pending(request)
-        self.emit({"type": "permission_required", "approvalId": approval_id, "call": call.wire()}, turn.id)
+        self.emit(ev.PermissionRequired(approval_id=approval_id, call=call), turn.id)
         return await self._await_decision(run.approval)
 
     def _register_pending(self, request: dict[str, Any]) -> PendingApproval:
@@ -631,11 +627,8 @@ class Agent:
         stored = self.svc.store.put_approval(ApprovalRow(
             self.id, approval_id, pa.call_id, req["turnId"], decision, req, now_iso(),
             decided_by=by, note=note, decided_at=now_iso()))
-        event: dict[str, Any] = {"type": "permission_decided", "approvalId": approval_id, "callId": pa.call_id,
-                                 "decision": decision, "decidedBy": by}
-        if note:
-            event["note"] = note
-        self.emit(event, req["turnId"])
+        self.emit(ev.PermissionDecided(approval_id=approval_id, call_id=pa.call_id, decision=decision, decided_by=by,
+                                       note=note or None), req["turnId"])
         if not pa.future.done():
             pa.future.set_result(record)
         self._update_pause(req["turnId"])
@@ -708,10 +701,9 @@ class Agent:
             for run in runs:
                 if run.call.id in sealed:
                     self._store_call(turn, run, "sealed")
-                    self.emit({"type": "tool:end", "call": run.call.wire()}, turn.id)
+                    self.emit(ev.ToolEnd(call=run.call), turn.id)
             for pa in self.pending.values():
-                self.emit({"type": "permission_required", "approvalId": pa.approval_id, "call": pa.request["call"]},
-                          turn.id)
+                self.emit(ev.PermissionRequired(approval_id=pa.approval_id, call=pa.request["call"]), turn.id)
             if self.pending:
                 turn.resume_calls = runs
                 self.queue.appendleft(turn)
@@ -758,7 +750,7 @@ class Agent:
                     run.call.error = SEALED_ERROR
                     run.call.result = ToolResult.fail(SEALED_ERROR, "sealed").wire()
                     self._store_call(turn, run, "sealed")
-                    self.emit({"type": "tool:end", "call": run.call.wire()}, turn.id)
+                    self.emit(ev.ToolEnd(call=run.call), turn.id)
         if runs:
             self._append_message("tool", [r.result_block() for r in runs], turn.id)
         await self._finish_turn(turn, turn.row.step, "interrupted")

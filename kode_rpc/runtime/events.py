@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.base import WireModel
 from ..protocol.events import channel_of
 from ..store.base import EventRow, Store
 from .util import now_iso
@@ -85,8 +86,10 @@ class EventLog:
             subs.remove(subscriber)
 
     # --- emitting --------------------------------------------------------------
-    def emit(self, agent_id: str, event: dict[str, Any], turn_id: str | None = None) -> Envelope:
-        """Store and deliver `event`; `await envelope.delivered` to wait until it is durable."""
+    def emit(self, agent_id: str, model: WireModel, turn_id: str | None = None) -> Envelope:
+        """Store and deliver an event built from its wire model (`protocol/events.py`);
+        `await envelope.delivered` to wait until it is durable."""
+        event = model.wire()
         etype = event["type"]
         if etype in MERGEABLE and self._held:
             last = self._held[-1]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..protocol import events as ev
 from ..protocol.agents import AgentConfig, ModelConfig, PermissionConfig, SandboxConfig
 from ..protocol.errors import AGENT_LOCKED, INVALID_PARAMS, OVERLOADED, RpcError, not_found
 from ..store.base import AgentExists, AgentRow, LeaseHeld, LeaseOwner
@@ -92,7 +93,7 @@ class AgentPool:
         await self._lease(agent_id)
         agent = self._admit(row, [], [], subscriber)
         agent.recovered = True  # new: nothing to recover
-        agent.emit({"type": "state_changed", "state": "READY"})
+        agent.emit(ev.StateChanged(state="READY"))
         return agent
 
     async def get(self, agent_id: str, subscriber: Subscriber | None = None, *, recover: bool = True) -> Agent:
@@ -146,7 +147,7 @@ class AgentPool:
             finally:
                 agent.pins -= 1
             if sealed or agent.pending or agent.queue:
-                agent.emit({"type": "agent_resumed", "strategy": "crash", "sealed": sealed})
+                agent.emit(ev.AgentResumed(strategy="crash", sealed=sealed))
             start()
         return agent
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..protocol.events import FileChanged, ToolOutput
+
 if TYPE_CHECKING:
     from .agent import Agent, CallRun, Turn
 
@@ -36,14 +38,11 @@ class CallContext:
         for i in range(0, max(len(data), 1), MAX_DELTA_BYTES):
             piece = data[i : i + MAX_DELTA_BYTES].decode("utf-8", "ignore")
             last = i + MAX_DELTA_BYTES >= len(data)
-            self._agent.emit(
-                {"type": "tool:output", "callId": self.call_id, "stream": stream, "delta": piece,
-                 "truncated": truncated and last},
-                self._turn.id,
-            )
+            self._agent.emit(ToolOutput(call_id=self.call_id, stream=stream, delta=piece, truncated=truncated and last),
+                             self._turn.id)
 
     def file_changed(self, path: str, change: Literal["added", "modified", "deleted"]) -> None:
-        self._agent.emit({"type": "file_changed", "path": path, "change": change}, self._turn.id)
+        self._agent.emit(FileChanged(path=path, change=change), self._turn.id)
 
     def get_todos(self) -> list[dict[str, Any]]:
         return list(self._agent.todos)

@@ -1,113 +1,207 @@
-"""pygls as the dispatcher: method table, handler tasks, server-to-client requests.
+"""The dispatcher: validate params, run the handler as a task, dump the result, answer once.
 
-Loaded lazily by `rpc.Connection.load_dispatch` (importing pygls is the biggest
-part of start-up). `KodeProtocol` replaces the parts of pygls' `JsonRPCProtocol`
-that do not fit a plain JSON-RPC server: serialization (keeps `"result": null`,
-never leaks a traceback), the contract's error codes, and late replies.
+This is the one place where the wire types are enforced on requests: every
+request's params go through the params model of the method table
+(`protocol/methods.py`), after one check of every string in them (no NUL byte,
+no lone surrogate: the OS, SQLite and the UTF-8 output all refuse those, and
+they must fail here, naming the field, not deep inside the store). Every result
+is dumped through its result model. A handler therefore receives a validated
+model and returns a model; it cannot forget a field or leak a Python object.
+
+It also keeps the futures of our own server-to-client requests (`approval/request`)
+and matches the client's replies to them.
+
+Why our own and not pygls: pygls was used only to run handlers as tasks and keep
+the request-future table, cost about 0.4 s of start-up (`lsprotocol.types`), and
+needed its private attributes for cancellation and replies. This module is those
+two jobs in a page (measurement in docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+import re
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lsprotocol.types import ResponseErrorMessage
-from pygls.exceptions import JsonRpcException
-from pygls.protocol import JsonRPCNotification, JsonRPCProtocol, JsonRPCRequestMessage, JsonRPCResponseMessage
-from pygls.server import JsonRPCServer
+from pydantic import BaseModel, ValidationError
 
-from ..protocol.errors import INTERNAL_ERROR, REQUEST_CANCELLED, RpcError
-from .rpc import AfterResponse, Connection, dumps
+from ..protocol.errors import INTERNAL_ERROR, REQUEST_CANCELLED, RpcError, invalid_params
+from ..protocol.methods import METHODS, Method
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[Any], Awaitable[Any]]
+Send = Callable[[bytes], None]
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-class KodeProtocol(JsonRPCProtocol):
-    """pygls' JSON-RPC protocol with the contract's serialization and error rules."""
 
-    conn: "Connection"
+class AfterResponse:
+    """A handler result whose `after` callback runs once the response is written
+    (e.g. approvals re-issued after the `agent/resume` response)."""
 
-    def dispatch(self, msg_id: Any, method: str, params: dict[str, Any]) -> None:
-        """Run a validated request's handler (params already a dict: no converter involved)."""
-        self.handle_message(JsonRPCRequestMessage(id=msg_id, method=method, params=params, jsonrpc="2.0"))
+    def __init__(self, result: Any, after: Callable[[], None]) -> None:
+        self.result = result
+        self.after = after
 
-    def _send_data(self, data: Any) -> None:
-        if isinstance(data, ResponseErrorMessage):
-            err = data.error
-            payload: dict[str, Any] = {"jsonrpc": "2.0", "id": data.id,
-                                       "error": {"code": err.code, "message": err.message}}
-            if err.data is not None:
-                payload["error"]["data"] = err.data
-        elif isinstance(data, JsonRPCResponseMessage):
-            payload = {"jsonrpc": "2.0", "id": data.id, "result": data.result}
-        elif isinstance(data, JsonRPCRequestMessage):
-            payload = {"jsonrpc": "2.0", "id": data.id, "method": data.method, "params": data.params}
-        elif isinstance(data, JsonRPCNotification):
-            payload = {"jsonrpc": "2.0", "method": data.method, "params": data.params}
-        else:
-            payload = data
-        self.conn.output.send(dumps(payload))
 
-    def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
-        self._request_futures.pop(msg_id, None)
-        after: Callable[[], None] | None = None
-        if future.cancelled():
-            self.conn.send_error(msg_id, RpcError(REQUEST_CANCELLED, f"request {msg_id!r} was cancelled", "cancelled"))
-            return
-        exc = future.exception()
-        if exc is None:
-            result = future.result()
-            if isinstance(result, AfterResponse):
-                result, after = result.result, result.after
-            try:
-                body = dumps({"jsonrpc": "2.0", "id": msg_id, "result": result})
-            except (TypeError, ValueError) as exc:  # never leave a request unanswered
-                log.error("cannot encode the result of %r: %s", msg_id, exc)
-                self.conn.send_error(msg_id, RpcError(INTERNAL_ERROR, "internal error: unencodable result", "internal"))
-                return
-            self.conn.output.send(body)
-            if after is not None:
-                after()
-            return
-        if isinstance(exc, RpcError):
-            self.conn.send_error(msg_id, exc)
-        elif isinstance(exc, JsonRpcException):
-            self.conn.send_error(msg_id, RpcError(exc.code, exc.message, "rpc_error"))
-        else:
-            log.error("internal error in request %r", msg_id, exc_info=exc)
-            self.conn.send_error(msg_id, RpcError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}", "internal"))
+class RawResult:
+    """A result already encoded as JSON from stored, model-built data (e.g. stored events),
+    so a large read is not decoded and re-encoded."""
 
-    def _handle_response(self, msg_id: Any, result: Any = None, error: Any = None) -> None:
-        future = self._request_futures.pop(msg_id, None)
-        if future is None or future.done():
+    def __init__(self, json_text: str) -> None:
+        self.json_text = json_text
+
+
+class RemoteError(Exception):
+    """The client answered our request with an error."""
+
+    def __init__(self, error: Any) -> None:
+        message = error.get("message", "error") if isinstance(error, dict) else "error"
+        super().__init__(str(message))
+        self.error = error
+
+
+def bad_strings(value: Any, path: str = "") -> list[dict[str, str]]:
+    """Every string (keys included) that holds a NUL byte or a lone surrogate, by wire path."""
+    found: list[dict[str, str]] = []
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        cur, where = stack.pop()
+        if isinstance(cur, str):
+            if "\x00" in cur:
+                found.append({"field": where or "params", "message": "string holds a NUL byte"})
+            elif _SURROGATE.search(cur):
+                found.append({"field": where or "params", "message": "string holds a lone UTF-16 surrogate"})
+        elif isinstance(cur, dict):
+            for key, item in cur.items():
+                sub = f"{where}.{key}" if where else str(key)
+                if "\x00" in key or _SURROGATE.search(key):
+                    found.append({"field": sub, "message": "the key holds a NUL byte or a lone surrogate"})
+                stack.append((item, sub))
+        elif isinstance(cur, list):
+            stack.extend((item, f"{where}.{i}" if where else str(i)) for i, item in enumerate(cur))
+    return sorted(found, key=lambda e: e["field"])
+
+
+def validate_params(method: Method, params: dict[str, Any]) -> BaseModel:
+    """The method's params model from raw params, or -32602 naming each bad field."""
+    bad = bad_strings(params)
+    if bad:
+        raise invalid_params(bad, "invalid_string")
+    try:
+        return method.params.model_validate(params)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "params", "message": e["msg"]} for e in exc.errors()]
+        raise invalid_params(errors) from None
+
+
+def _key(msg_id: Any) -> tuple[type, Any]:
+    return (type(msg_id), msg_id)  # 0 and "0" are different requests
+
+
+class Dispatcher:
+    """Runs handlers for requests and correlates replies to our own requests."""
+
+    def __init__(self, send_result: Callable[[Any, Any], None], send_error: Callable[[Any, RpcError], None],
+                 send_request: Callable[[str, str, Any], None], send_cancel: Callable[[str], None]) -> None:
+        self._send_result = send_result
+        self._send_error = send_error
+        self._send_request = send_request
+        self._send_cancel = send_cancel
+        self.handlers: dict[str, Handler] = {}
+        self._running: dict[tuple[type, Any], asyncio.Task[Any]] = {}
+        self._outgoing: dict[str, asyncio.Future[Any]] = {}
+
+    def register(self, method: str, handler: Handler) -> None:
+        assert method in METHODS, f"{method} is not in the method table"
+        self.handlers[method] = handler
+
+    # --- requests from the client ------------------------------------------------
+    def dispatch(self, msg_id: Any, method: str, params: dict[str, Any]) -> asyncio.Task[bool]:
+        """Start the request's handler; the task's result says whether it succeeded."""
+        task = asyncio.ensure_future(self._run(msg_id, METHODS[method], params))
+        self._running[_key(msg_id)] = task
+        task.add_done_callback(lambda _: self._running.pop(_key(msg_id), None))
+        return task
+
+    async def _run(self, msg_id: Any, method: Method, params: dict[str, Any]) -> bool:
+        try:
+            parsed = validate_params(method, params)
+            result = await self.handlers[method.name](parsed)
+        except asyncio.CancelledError:
+            self._send_error(msg_id, RpcError(REQUEST_CANCELLED, f"request {msg_id!r} was cancelled", "cancelled"))
+            return False
+        except RpcError as exc:
+            self._send_error(msg_id, exc)
+            return False
+        except Exception as exc:
+            log.error("internal error in %s (request %r)", method.name, msg_id, exc_info=exc)
+            self._send_error(msg_id, RpcError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}", "internal"))
+            return False
+        after = None
+        if isinstance(result, AfterResponse):
+            result, after = result.result, result.after
+        try:
+            self._send_result(msg_id, self._dump(method, result))
+        except Exception as exc:  # never leave a request unanswered
+            log.error("cannot encode the result of %s (request %r)", method.name, msg_id, exc_info=exc)
+            self._send_error(msg_id, RpcError(INTERNAL_ERROR, "internal error: unencodable result", "internal"))
+            return False
+        if after is not None:
+            after()
+        return True
+
+    @staticmethod
+    def _dump(method: Method, result: Any) -> Any:
+        """The result through its model: a model instance of the method's result type (or
+        null for a method without one); a dict is validated by the model first."""
+        if method.result is None:
+            if result is not None:
+                raise TypeError(f"{method.name} has no result, handler returned {type(result).__name__}")
+            return None
+        if isinstance(result, RawResult):
+            return result
+        if isinstance(result, dict):
+            result = method.result.model_validate(result)
+        if not isinstance(result, method.result):
+            raise TypeError(f"{method.name} must return {method.result.__name__}, not {type(result).__name__}")
+        return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def cancel(self, msg_id: Any) -> None:
+        task = self._running.get(_key(msg_id))
+        if task is not None and not task.done():
+            task.cancel()
+
+    # --- requests to the client --------------------------------------------------------
+    def request(self, method: str, params: Any) -> tuple[str, asyncio.Future[Any]]:
+        """Send a server-to-client request; returns its id and the reply future
+        (resolved with the result, or failed with RemoteError)."""
+        msg_id = f"kode-{uuid.uuid4().hex[:12]}"
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._outgoing[msg_id] = fut
+        fut.add_done_callback(lambda _: self._outgoing.pop(msg_id, None))
+        self._send_request(msg_id, method, params)
+        return msg_id, fut
+
+    def owns(self, msg_id: Any) -> bool:
+        return isinstance(msg_id, str) and msg_id in self._outgoing
+
+    def response(self, msg_id: str, result: Any, error: Any) -> None:
+        fut = self._outgoing.pop(msg_id, None)
+        if fut is None or fut.done():
             log.info("ignoring late or unknown response id %r", msg_id)
             return
         if error is not None:
-            future.set_exception(JsonRpcException(
-                message=str(error.get("message", "error")) if isinstance(error, dict) else "error",
-                code=error.get("code", INTERNAL_ERROR) if isinstance(error, dict) else INTERNAL_ERROR,
-                data=error.get("data") if isinstance(error, dict) else None,
-            ))
+            fut.set_exception(RemoteError(error))
         else:
-            future.set_result(result)
+            fut.set_result(result)
 
-
-def _dict_converter() -> Any:
-    """pygls needs a converter, but ours is never asked to structure anything (we hand
-    pygls dicts and serialize ourselves), so a bare one saves lsprotocol's hook setup."""
-    import cattrs
-
-    return cattrs.Converter()
-
-
-
-
-def make_protocol(conn: Connection) -> KodeProtocol:
-    server = JsonRPCServer(KodeProtocol, _dict_converter)
-    protocol: KodeProtocol = server.protocol  # type: ignore[assignment]
-    protocol.conn = conn
-    for method, handler in conn.handlers.items():
-        if method != "initialize":
-            server.feature(method)(handler)
-    return protocol
+    def cancel_outgoing(self, msg_id: str) -> None:
+        """Withdraw our request (`$/cancelRequest` to the client); a late reply is ignored."""
+        fut = self._outgoing.pop(msg_id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+        self._send_cancel(msg_id)

@@ -1,6 +1,6 @@
 """Incremental framing parsers for Content-Length (LSP base protocol) and ndjson.
 
-pygls reads only Content-Length and silently drops what it cannot parse; the
+A JSON-RPC library that reads only Content-Length and silently drops what it cannot parse; the
 contract needs an answer for every bad frame, ndjson, and a 64 MiB body limit
 that still finds the request's id in the first 4 KiB. These parsers take bytes
 as they arrive and yield what the dispatcher must act on.

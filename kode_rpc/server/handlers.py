@@ -8,18 +8,19 @@ the approval bridge (`permission_required` -> `approval/request` -> `decide`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from .. import __version__
 from ..protocol import agents as a
+from ..protocol import approvals as ap
+from ..protocol import events as ev
 from ..protocol import system as s
 from ..protocol.approvals import ApprovalResponse
-from ..protocol.errors import INVALID_PARAMS, PROVIDER_ERROR, UNSUPPORTED_PROTOCOL, RpcError, invalid_params, not_found
+from ..protocol.errors import INVALID_PARAMS, UNSUPPORTED_PROTOCOL, RpcError, invalid_params, not_found
 from ..protocol.methods import METHODS
 from ..providers.registry import AVAILABLE
 from ..runtime.agent import Agent
@@ -28,21 +29,13 @@ from ..runtime.metrics import Metrics
 from ..runtime.pool import AgentPool, idle_ms
 from ..runtime.templates import TEMPLATES
 from ..store.base import AgentRow
-from .rpc import AfterResponse, Connection
+from .dispatch import AfterResponse, RawResult
+from .rpc import Connection
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", bound=BaseModel)
 
 
-def parse(model: type[M], params: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(params)
-    except ValidationError as exc:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "params", "message": e["msg"]} for e in exc.errors()]
-        raise invalid_params(errors) from None
-
-
-def row_info(row: AgentRow) -> dict[str, Any]:
+def row_info(row: AgentRow) -> a.AgentInfo:
     model = row.config.get("model") or {}
     return a.AgentInfo(
         agent_id=row.agent_id, template_id=row.template_id, created_at=row.created_at, updated_at=row.updated_at,
@@ -50,7 +43,7 @@ def row_info(row: AgentRow) -> dict[str, Any]:
         last_seq=row.last_seq, message_count=row.message_count,
         model={"provider": model.get("provider", "echo"), "model": model.get("model")},
         work_dir=(row.config.get("sandbox") or {}).get("workDir"), metadata=row.metadata,
-    ).wire()
+    )
 
 
 class Session:
@@ -74,15 +67,7 @@ class Session:
         self.tasks: set[asyncio.Task[Any]] = set()
         for name, method in METHODS.items():
             if method.direction == "client->server" and method.kind == "request":
-                conn.register(name, self._wrap(getattr(self, "h_" + name.replace("/", "_"))))
-
-    def _wrap(self, fn: Callable[[dict[str, Any]], Awaitable[Any]]) -> Callable[[dict[str, Any]], Awaitable[Any]]:
-        """A plain function around the bound method: pygls sets attributes on what it registers."""
-        async def handler(params: dict[str, Any]) -> Any:
-            return await fn(params)
-
-        handler.__name__ = fn.__name__
-        return handler
+                conn.register(name, getattr(self, "h_" + name.replace("/", "_")))
 
     def lock(self, agent_id: str) -> asyncio.Lock:
         """Requests on one agent start in arrival order (create before a pipelined send)."""
@@ -147,21 +132,14 @@ class Session:
             self.deliver(env)
 
     # --- lifecycle ------------------------------------------------------------------------
-    async def h_initialize(self, params: dict[str, Any]) -> Any:
-        try:
-            p = parse(s.InitializeParams, params)
-            if p.protocol_version != 1:
-                raise RpcError(UNSUPPORTED_PROTOCOL, f"protocol version {p.protocol_version} is not supported",
-                               "unsupported_protocol", supported=[1])
-        except BaseException:
-            self.conn.initializing = False
-            raise
+    async def h_initialize(self, p: s.InitializeParams) -> s.InitializeResult:
+        if p.protocol_version != 1:
+            raise RpcError(UNSUPPORTED_PROTOCOL, f"protocol version {p.protocol_version} is not supported",
+                           "unsupported_protocol", supported=[1])
         self.approvals = p.capabilities.approvals
         self.process_id = p.process_id
         if p.workspace_folders:
             self.pool.settings.default_work_dir = p.workspace_folders[0]
-        self.conn.initialized = True
-        self.conn.initializing = False
         from ..tools.base import builtin_tools
 
         return s.InitializeResult(
@@ -169,25 +147,23 @@ class Session:
             capabilities=s.ServerCapabilities(providers=list(AVAILABLE), tools=sorted(builtin_tools()),
                                               stores=[self.store.name], acp=False),
             data_dir=self.data_dir,
-        ).wire()
+        )
 
-    async def h_shutdown(self, params: dict[str, Any]) -> Any:
+    async def h_shutdown(self, p: s.Empty) -> None:
         self.conn.shutting_down = True
         await self._shutdown()
         return None
 
     # --- agents ------------------------------------------------------------------------------
-    async def h_agent_create(self, params: dict[str, Any]) -> Any:
-        cfg = parse(a.AgentConfig, params)
+    async def h_agent_create(self, cfg: a.AgentConfig) -> a.AgentInfo:
         if cfg.agent_id is None:
             agent = await self.pool.create(cfg, self.deliver)
-            return agent.info().wire()
+            return agent.info()
         async with self.lock(cfg.agent_id):
             agent = await self.pool.create(cfg, self.deliver)
-            return agent.info().wire()
+            return agent.info()
 
-    async def h_agent_resume(self, params: dict[str, Any]) -> Any:
-        p = parse(a.ResumeParams, params)
+    async def h_agent_resume(self, p: a.ResumeParams) -> AfterResponse:
         async with self.lock(p.agent_id):
             self._start_buffering(p.agent_id)
             agent: Agent | None = None
@@ -206,14 +182,14 @@ class Session:
                     replayed = await self._replay(p.agent_id, p.since)
                 else:
                     self.sent[p.agent_id] = max(self.sent.get(p.agent_id, 0), base)
-                env = agent.emit({"type": "agent_resumed", "strategy": p.strategy, "sealed": sealed})
+                env = agent.emit(ev.AgentResumed(strategy=p.strategy, sealed=sealed))
             finally:
                 self._release_buffer(p.agent_id)
                 if agent is not None:
                     agent.pins -= 1
             assert env.delivered is not None
             await env.delivered
-            result = dict(agent.info().wire(), replayed=replayed)
+            result = a.ResumeResult(**agent.info().model_dump(), replayed=replayed)
             return AfterResponse(result, start)
 
     async def _replay(self, agent_id: str, since: int) -> int:
@@ -225,8 +201,7 @@ class Session:
             self.sent[agent_id] = max(self.sent.get(agent_id, 0), rows[-1][0])
         return len(rows)
 
-    async def _send(self, params: dict[str, Any]) -> tuple[Agent, Any, bool]:
-        p = parse(a.SendParams, params)
+    async def _send(self, p: a.SendParams) -> tuple[Agent, Any, bool]:
         if p.content:
             content = [b.wire() for b in p.content]
         elif p.text is not None:
@@ -242,12 +217,12 @@ class Session:
                 agent.pins -= 1
         return agent, turn, queued
 
-    async def h_agent_send(self, params: dict[str, Any]) -> Any:
-        _, turn, queued = await self._send(params)
-        return {"messageId": "msg_" + turn.id.split("_", 1)[1], "turnId": turn.id, "queued": queued}
+    async def h_agent_send(self, p: a.SendParams) -> a.SendResult:
+        _, turn, queued = await self._send(p)
+        return a.SendResult(message_id="msg_" + turn.id.split("_", 1)[1], turn_id=turn.id, queued=queued)
 
-    async def h_agent_complete(self, params: dict[str, Any]) -> Any:
-        agent, turn, _ = await self._send(params)
+    async def h_agent_complete(self, p: a.SendParams) -> a.CompleteResult:
+        agent, turn, _ = await self._send(p)
         while True:
             waiters: set[asyncio.Future[Any]] = {turn.done}
             paused: asyncio.Task[Any] | None = None
@@ -261,30 +236,30 @@ class Session:
                     paused.cancel()
             if turn.done.done():
                 out = turn.done.result()
-                err = out.get("error")
-                if err is not None:
-                    raise RpcError(PROVIDER_ERROR, f"{err.type}: {err.message}", "provider_error", type=err.type,
-                                   retryable=err.retryable, turnId=turn.id, lastSeq=out["seq"])
                 status = {"completed": "ok", "interrupted": "interrupted", "budget_exceeded": "interrupted"}.get(out["reason"], "error")
-                return {"status": status, "text": out["text"], "turnId": turn.id, "lastSeq": out["seq"], "permissionIds": []}
+                err = out.get("error")
+                error = None
+                if status == "error":
+                    error = (a.TurnError(type=err.type, message=err.message, retryable=err.retryable) if err is not None
+                             else a.TurnError(type="internal", message=f"the turn ended with {out['reason']}"))
+                return a.CompleteResult(status=status, text=out["text"], turn_id=turn.id, last_seq=out["seq"],
+                                        permission_ids=[], error=error)
             ids = [pa.approval_id for pa in agent.pending.values() if pa.request.get("turnId") == turn.id]
             if ids:
                 self.events.flush()
                 await self.store.barrier()
-                return {"status": "paused", "text": "\n\n".join(t for t in turn.texts if t), "turnId": turn.id,
-                        "lastSeq": self.events.last_seq(agent.id), "permissionIds": ids}
+                return a.CompleteResult(status="paused", text="\n\n".join(t for t in turn.texts if t), turn_id=turn.id,
+                                        last_seq=self.events.last_seq(agent.id), permission_ids=ids)
 
-    async def h_agent_interrupt(self, params: dict[str, Any]) -> Any:
-        p = parse(a.InterruptParams, params)
+    async def h_agent_interrupt(self, p: a.InterruptParams) -> a.InterruptResult:
         agent = self.pool.agents.get(p.agent_id)
         if agent is None:
             if await self.store.get_agent(p.agent_id) is None:
                 raise not_found("agent", p.agent_id)
-            return {"interrupted": False}
-        return {"interrupted": await agent.interrupt(p.note)}
+            return a.InterruptResult(interrupted=False)
+        return a.InterruptResult(interrupted=await agent.interrupt(p.note))
 
-    async def h_agent_decide(self, params: dict[str, Any]) -> Any:
-        p = parse(a.DecideParams, params)
+    async def h_agent_decide(self, p: a.DecideParams) -> a.DecideResult:
         async with self.lock(p.agent_id):
             agent = await self.pool.get(p.agent_id, self.deliver)
             agent.pins += 1
@@ -293,40 +268,36 @@ class Session:
                 await stored
             finally:
                 agent.pins -= 1
-        return {"accepted": True}
+        return a.DecideResult(accepted=True)
 
-    async def h_agent_status(self, params: dict[str, Any]) -> Any:
-        p = parse(a.AgentRef, params)
+    async def h_agent_status(self, p: a.AgentRef) -> ap.AgentStatus:
         agent = self.pool.agents.get(p.agent_id)
         if agent is not None:
             import time
 
-            out = agent.info().wire()
-            out.update(breakpoint=agent.breakpoint, active=True,
-                       idleMs=0 if agent.current else int((time.monotonic() - agent.last_active) * 1000),
-                       pendingApprovals=agent.pending_requests(), usage=agent.usage.wire(), todos=agent.todos)
-            return out
+            return ap.AgentStatus(
+                **agent.info().model_dump(), breakpoint=agent.breakpoint, active=True,
+                idle_ms=0 if agent.current else int((time.monotonic() - agent.last_active) * 1000),
+                pending_approvals=agent.pending_requests(), usage=agent.usage, todos=agent.todos)
         row = await self.store.get_agent(p.agent_id)
         if row is None:
             raise not_found("agent", p.agent_id)
-        out = row_info(row)
         pending = [r.request for r in await self.store.load_approvals(p.agent_id, "pending")]
-        out.update(breakpoint="AWAITING_APPROVAL" if pending else "READY", active=False, idleMs=idle_ms(row.updated_at),
-                   pendingApprovals=pending, usage=a.Usage.model_validate(row.runtime.get("usage", {})).wire(),
-                   todos=await self.store.get_todos(p.agent_id))
-        return out
+        info = row_info(row)
+        if pending:  # a stored agent waiting on approvals is paused, whatever its row says
+            info.state = "PAUSED"
+        return ap.AgentStatus(
+            **info.model_dump(), breakpoint="AWAITING_APPROVAL" if pending else "READY", active=False,
+            idle_ms=idle_ms(row.updated_at), pending_approvals=pending,
+            usage=a.Usage.model_validate(row.runtime.get("usage", {})), todos=await self.store.get_todos(p.agent_id))
 
-    async def h_agent_list(self, params: dict[str, Any]) -> Any:
-        p = parse(a.ListParams, params)
+    async def h_agent_list(self, p: a.ListParams) -> a.ListResult:
         rows, cursor = await self.store.list_agents(p.prefix, p.limit, p.cursor)
         agents = []
         for row in rows:
             live = self.pool.agents.get(row.agent_id)
-            agents.append(live.info().wire() if live else row_info(row))
-        out: dict[str, Any] = {"agents": agents}
-        if cursor:
-            out["nextCursor"] = cursor
-        return out
+            agents.append(live.info() if live else row_info(row))
+        return a.ListResult(agents=agents, next_cursor=cursor or None)
 
     async def _settle(self, agent_id: str) -> None:
         """Make the store reflect everything this process emitted for the agent."""
@@ -336,35 +307,32 @@ class Session:
         elif await self.store.get_agent(agent_id) is None:
             raise not_found("agent", agent_id)
 
-    async def h_agent_messages(self, params: dict[str, Any]) -> Any:
-        p = parse(a.MessagesParams, params)
+    async def h_agent_messages(self, p: a.MessagesParams) -> a.MessagesResult:
         await self._settle(p.agent_id)
         rows, total = await self.store.load_messages(p.agent_id, p.limit, p.before)
-        return {"messages": [{"index": m.index, "role": m.role, "content": m.content, "turnId": m.turn_id,
-                              "createdAt": m.created_at} for m in rows], "total": total}
+        return a.MessagesResult(messages=[a.Message(index=m.index, role=m.role, content=m.content, turn_id=m.turn_id,
+                                                    created_at=m.created_at) for m in rows], total=total)
 
-    async def h_agent_events(self, params: dict[str, Any]) -> Any:
-        p = parse(a.EventsParams, params)
+    async def h_agent_events(self, p: a.EventsParams) -> RawResult:
+        """Stored events were built from the event models when emitted; they are sent as stored."""
         await self._settle(p.agent_id)
         rows = await self.store.read_events(p.agent_id, p.since, p.limit, list(p.channels) if p.channels else None)
         live = self.pool.agents.get(p.agent_id)
         last = self.events.last_seq(p.agent_id) if live else (await self.store.get_agent(p.agent_id)).last_seq  # type: ignore[union-attr]
-        return {"events": [json.loads(r.json) for r in rows], "lastSeq": last}
+        return RawResult('{"events":[' + ",".join(r.json for r in rows) + '],"lastSeq":' + str(int(last)) + "}")
 
-    async def h_agent_fork(self, params: dict[str, Any]) -> Any:
-        p = parse(a.ForkParams, params)
+    async def h_agent_fork(self, p: a.ForkParams) -> a.AgentInfo:
         row = await self.pool.fork(p.agent_id, p.new_agent_id, p.at_seq)
         return row_info(row)
 
-    async def h_agent_todos(self, params: dict[str, Any]) -> Any:
-        p = parse(a.TodosParams, params)
+    async def h_agent_todos(self, p: a.TodosParams) -> a.TodosResult:
         if p.todos is None:
             live = self.pool.agents.get(p.agent_id)
             if live is not None:
-                return {"todos": live.todos}
+                return a.TodosResult(todos=live.todos)
             if await self.store.get_agent(p.agent_id) is None:
                 raise not_found("agent", p.agent_id)
-            return {"todos": await self.store.get_todos(p.agent_id)}
+            return a.TodosResult(todos=await self.store.get_todos(p.agent_id))
         ids = [t.id for t in p.todos]
         if len(set(ids)) != len(ids):
             raise RpcError(INVALID_PARAMS, "todo ids must be unique", "invalid_params",
@@ -373,36 +341,36 @@ class Session:
             agent = await self.pool.get(p.agent_id, self.deliver)
             agent.pins += 1
             try:
-                return {"todos": await agent.set_todos([t.wire() for t in p.todos])}
+                return a.TodosResult(todos=await agent.set_todos([t.wire() for t in p.todos]))
             finally:
                 agent.pins -= 1
 
-    async def h_agent_delete(self, params: dict[str, Any]) -> Any:
-        p = parse(a.AgentRef, params)
+    async def h_agent_delete(self, p: a.AgentRef) -> a.DeleteResult:
         async with self.lock(p.agent_id):
             deleted = await self.pool.delete(p.agent_id)
         self.events.unsubscribe(p.agent_id, self.deliver)
         self.sent.pop(p.agent_id, None)
-        return {"deleted": deleted}
+        return a.DeleteResult(deleted=deleted)
 
     # --- pool, templates, store, metrics ------------------------------------------------------
-    async def h_pool_stats(self, params: dict[str, Any]) -> Any:
-        return self.pool.stats()
+    async def h_pool_stats(self, p: s.Empty) -> s.PoolStats:
+        return s.PoolStats.model_validate(self.pool.stats())
 
-    async def h_templates_list(self, params: dict[str, Any]) -> Any:
-        return {"templates": [{"id": t.id, "version": t.version, "description": t.description} for t in TEMPLATES.values()]}
+    async def h_templates_list(self, p: s.Empty) -> s.TemplatesResult:
+        return s.TemplatesResult(templates=[s.TemplateInfo(id=t.id, version=t.version, description=t.description)
+                                            for t in TEMPLATES.values()])
 
-    async def h_store_health(self, params: dict[str, Any]) -> Any:
-        return await self.store.health()
+    async def h_store_health(self, p: s.Empty) -> s.StoreHealth:
+        return s.StoreHealth.model_validate(await self.store.health())
 
-    async def h_store_consistency(self, params: dict[str, Any]) -> Any:
-        p = parse(s.ConsistencyParams, params)
+    async def h_store_consistency(self, p: s.ConsistencyParams) -> s.ConsistencyResult:
         await self._settle(p.agent_id)
-        return await self.store.consistency(p.agent_id)
+        return s.ConsistencyResult.model_validate(await self.store.consistency(p.agent_id))
 
-    async def h_store_metrics(self, params: dict[str, Any]) -> Any:
-        return await self.store.metrics()
+    async def h_store_metrics(self, p: s.Empty) -> s.StoreMetrics:
+        return s.StoreMetrics.model_validate(await self.store.metrics())
 
-    async def h_metrics_prometheus(self, params: dict[str, Any]) -> Any:
+    async def h_metrics_prometheus(self, p: s.Empty) -> s.PrometheusResult:
         stored = (await self.store.metrics())["storage"]["totalAgents"]
-        return {"contentType": "text/plain; version=0.0.4", "text": self.metrics.exposition(self.pool.stats(), stored)}
+        return s.PrometheusResult(content_type="text/plain; version=0.0.4",
+                                  text=self.metrics.exposition(self.pool.stats(), stored))

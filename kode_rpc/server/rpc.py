@@ -1,15 +1,14 @@
-"""The JSON-RPC connection: frames in, pygls dispatch, frames out.
+"""The JSON-RPC connection: frames in, envelopes checked, dispatch, frames out.
 
-pygls (`JsonRPCProtocol`, in `dispatch.py`) keeps the method table, runs handlers
-as tasks, and matches our `approval/request` with the client's reply. Everything
-pygls does not do for a plain JSON-RPC server is here, in front of it: framing
-(both kinds), parse errors, batches, size limits, `initialize`/`shutdown` gating,
-params that are absent or `[]`, `$/cancelRequest` with dict params, late replies,
-and serialization that keeps `"result": null` and uses byte lengths.
+Everything about a message before its handler runs is here: framing (both
+kinds), parse errors, batches, size limits, `initialize`/`shutdown` gating,
+params that are absent or `[]`, `$/cancelRequest`, replies to our own requests,
+and serialization that keeps `"result": null` and uses byte lengths. Running the
+handler (params validated through the method table, the result dumped through
+its model) is `dispatch.Dispatcher`'s job.
 
-Importing pygls costs about as much as the rest of start-up together (its
-`lsprotocol.types`), so `initialize` is answered here directly and pygls is
-imported right after; requests that arrive meanwhile wait in arrival order.
+Requests pipelined behind `initialize` wait until it has succeeded and then run
+in arrival order.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, BinaryIO
 
 from ..protocol.errors import (
-    INTERNAL_ERROR,
     INPUT_TOO_LARGE,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -38,24 +36,13 @@ from ..protocol.errors import (
     RpcError,
 )
 from ..protocol.methods import REQUESTS
+from .dispatch import Dispatcher, Handler, RawResult, bad_strings
 from .framing import BadFrame, Body, ContentLengthParser, NdjsonParser, TooLarge, encode_content_length, encode_ndjson
 
 log = logging.getLogger(__name__)
 
 MAX_DEPTH = 512
 _ID_IN_HEAD = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
-
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-
-
-class AfterResponse:
-    """A handler result whose `after` callback runs once the response is written
-    (e.g. approvals re-issued after the `agent/resume` response)."""
-
-    def __init__(self, result: Any, after: Callable[[], None]) -> None:
-        self.result = result
-        self.after = after
-
 
 class Output:
     """Frames to stdout from a writer thread, so a slow client never blocks the loop.
@@ -109,19 +96,21 @@ class Output:
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Compact UTF-8 JSON. Text that UTF-8 cannot carry (a lone surrogate that came from
+    outside, e.g. a provider) is escaped as `\\udXXX` instead of failing the message."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class Connection:
-    """Reads frames, validates envelopes, gates on the lifecycle, hands requests to pygls."""
+    """Reads frames, validates envelopes, gates on the lifecycle, hands requests to the dispatcher."""
 
     def __init__(self, output: Output, framing: str) -> None:
         self.output = output
-        self.protocol: Any = None
-        """pygls' protocol (`dispatch.KodeProtocol`) once loaded; None before."""
-        self.handlers: dict[str, Handler] = {}
+        self.dispatcher = Dispatcher(self._send_result, self.send_error, self._send_request, self._send_cancel)
         self._waiting: list[tuple[Any, str, dict[str, Any]]] = []
-        self._loading: asyncio.Future[None] | None = None
         self.parser = NdjsonParser() if framing == "ndjson" else ContentLengthParser()
         self.initialized = False
         self.initializing = False
@@ -132,32 +121,24 @@ class Connection:
 
     # --- registration ------------------------------------------------------
     def register(self, method: str, handler: Handler) -> None:
-        self.handlers[method] = handler
-
-    def load_dispatch(self) -> asyncio.Future[None]:
-        """Import pygls on a thread (the loop keeps serving), then hand it the handlers
-        and every request that arrived meanwhile, in order."""
-        if self._loading is None:
-            loop = asyncio.get_running_loop()
-
-            def attach(fut: asyncio.Future[Any]) -> None:
-                self.protocol = fut.result().make_protocol(self)
-                waiting, self._waiting = self._waiting, []
-                for msg_id, method, params in waiting:
-                    self._dispatch(msg_id, method, params)
-
-            def load() -> Any:
-                import importlib
-
-                return importlib.import_module("kode_rpc.server.dispatch")
-
-            self._loading = loop.run_in_executor(None, load)
-            self._loading.add_done_callback(attach)
-        return self._loading
+        self.dispatcher.register(method, handler)
 
     # --- sending -------------------------------------------------------------
     def send_error(self, msg_id: Any, err: RpcError) -> None:
         self.output.send(dumps({"jsonrpc": "2.0", "id": msg_id, "error": err.to_wire()}))
+
+    def _send_result(self, msg_id: Any, result: Any) -> None:
+        if isinstance(result, RawResult):
+            head = dumps({"jsonrpc": "2.0", "id": msg_id})
+            self.output.send(head[:-1] + b',"result":' + result.json_text.encode("utf-8") + b"}")
+        else:
+            self.output.send(dumps({"jsonrpc": "2.0", "id": msg_id, "result": result}))
+
+    def _send_request(self, msg_id: str, method: str, params: Any) -> None:
+        self.output.send(dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}))
+
+    def _send_cancel(self, msg_id: str) -> None:
+        self.notify("$/cancelRequest", {"id": msg_id})
 
     def send_raw(self, body: bytes) -> None:
         self.output.send(body)
@@ -167,17 +148,10 @@ class Connection:
 
     def request(self, method: str, params: Any) -> tuple[str, asyncio.Future[Any]]:
         """Send a server-to-client request; returns its id and the reply future."""
-        import uuid
-
-        msg_id = f"kode-{uuid.uuid4().hex[:12]}"
-        fut: asyncio.Future[Any] = self.protocol.send_request_async(method, params, msg_id=msg_id)
-        return msg_id, fut
+        return self.dispatcher.request(method, params)
 
     def cancel_outgoing(self, msg_id: str) -> None:
-        fut = self.protocol._request_futures.pop(msg_id, None) if self.protocol else None
-        if fut is not None and not fut.done():
-            fut.cancel()
-        self.notify("$/cancelRequest", {"id": msg_id})
+        self.dispatcher.cancel_outgoing(msg_id)
 
     # --- receiving -------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -214,13 +188,6 @@ class Connection:
         if isinstance(msg, list):
             self.send_error(None, RpcError(INVALID_REQUEST, "batches are not supported", "batch_not_supported"))
             return
-        if b"\\ud" in body.lower() and _has_lone_surrogate(msg):
-            # Valid JSON, but not encodable text: it would fail in the store and in replies.
-            if isinstance(msg, dict) and "id" in msg and "method" in msg:
-                self.send_error(_valid_id(msg.get("id")), RpcError(
-                    INVALID_PARAMS, "params contain a lone UTF-16 surrogate (not valid Unicode text)",
-                    "invalid_unicode", errors=[{"field": "params", "message": "lone surrogate"}]))
-            return
         if not isinstance(msg, dict):
             self.send_error(None, RpcError(INVALID_REQUEST, "a message must be a JSON object", "invalid_request"))
             return
@@ -231,18 +198,17 @@ class Connection:
         msg_id = msg.get("id")
         if "method" not in msg:
             if has_id and ("result" in msg or "error" in msg) and _valid_id(msg_id) is not None:
-                # Only replies to our own requests: pygls keeps the client's in-flight
-                # requests in the same table, and a reply must never touch those.
-                if self.protocol is not None and isinstance(msg_id, str) and msg_id.startswith("kode-"):
-                    self.protocol._handle_response(msg_id, msg.get("result"), msg.get("error"))
+                # Only replies to our own requests; anything else is logged and ignored.
+                if self.dispatcher.owns(msg_id):
+                    self.dispatcher.response(msg_id, msg.get("result"), msg.get("error"))
                 else:
                     log.info("ignoring a response to unknown id %r", msg_id)
             else:
                 self.send_error(_valid_id(msg_id), RpcError(INVALID_REQUEST, "not a request, notification or response", "invalid_request"))
             return
         method = msg["method"]
-        if has_id and _valid_id(msg_id) is None:
-            self.send_error(None, RpcError(INVALID_REQUEST, "id must be a string or an integer", "invalid_id"))
+        if has_id and (_valid_id(msg_id) is None or (isinstance(msg_id, str) and bad_strings(msg_id))):
+            self.send_error(None, RpcError(INVALID_REQUEST, "id must be a string (valid text) or an integer", "invalid_id"))
             return
         if not isinstance(method, str) or msg.get("jsonrpc") != "2.0":
             if has_id:
@@ -280,39 +246,26 @@ class Connection:
                 self.send_error(msg_id, RpcError(NOT_INITIALIZED, "already initialized", "already_initialized"))
                 return
             self.initializing = True
+            asyncio.ensure_future(self._initialize(msg_id, params))
         elif self.initializing:  # pipelined behind initialize: runs once it succeeded
             self._waiting.append((msg_id, method, params))
-            return
         elif not self.initialized:
             self.send_error(msg_id, RpcError(NOT_INITIALIZED, "initialize must be the first request", "not_initialized"))
-            return
-        if method == "initialize":
-            asyncio.ensure_future(self._initialize(msg_id, params))
-        elif self.protocol is None or self._waiting:
-            self._waiting.append((msg_id, method, params))
         else:
-            self._dispatch(msg_id, method, params)
-
-    def _dispatch(self, msg_id: Any, method: str, params: dict[str, Any]) -> None:
-        self.protocol.dispatch(msg_id, method, params)
+            self.dispatcher.dispatch(msg_id, method, params)
 
     async def _initialize(self, msg_id: Any, params: dict[str, Any]) -> None:
-        """`initialize` is answered without pygls, which loads right after the answer."""
-        try:
-            result = await self.handlers["initialize"](params)
-        except Exception as exc:
-            err = exc if isinstance(exc, RpcError) else RpcError(
-                INTERNAL_ERROR, f"internal error: {type(exc).__name__}", "internal")
-            if not isinstance(exc, RpcError):
-                log.error("initialize failed", exc_info=exc)
-            self.initializing = False
-            self.send_error(msg_id, err)
-            waiting, self._waiting = self._waiting, []
-            for other_id, _, _ in waiting:
+        """Run `initialize`; requests that arrived meanwhile run after it, in order, or
+        are refused if it failed (a failed `initialize` may be retried)."""
+        ok = await self.dispatcher.dispatch(msg_id, "initialize", params)
+        self.initializing = False
+        self.initialized = ok
+        waiting, self._waiting = self._waiting, []
+        for other_id, method, other_params in waiting:
+            if ok:
+                self.dispatcher.dispatch(other_id, method, other_params)
+            else:
                 self.send_error(other_id, RpcError(NOT_INITIALIZED, "initialize must succeed first", "not_initialized"))
-            return
-        self.output.send(dumps({"jsonrpc": "2.0", "id": msg_id, "result": result}))
-        self.load_dispatch()
 
     def _on_notification(self, method: str, params: dict[str, Any]) -> None:
         if method == "exit":
@@ -323,14 +276,12 @@ class Connection:
             target = params.get("id")
             if _valid_id(target) is None:
                 return
-            queued = next((w for w in self._waiting if w[0] == target), None)
+            queued = next((w for w in self._waiting if w[0] == target and type(w[0]) is type(target)), None)
             if queued is not None:  # not started yet: answer it now
                 self._waiting.remove(queued)
                 self.send_error(target, RpcError(REQUEST_CANCELLED, f"request {target!r} was cancelled", "cancelled"))
                 return
-            fut = self.protocol._request_futures.get(target) if self.protocol is not None else None
-            if fut is not None and not fut.done():
-                fut.cancel()
+            self.dispatcher.cancel(target)
         else:
             log.debug("ignoring notification %s", method)
 
@@ -342,14 +293,6 @@ def _valid_id(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         return None
     return value
-
-
-def _has_lone_surrogate(msg: Any) -> bool:
-    try:
-        json.dumps(msg, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _depth(obj: Any) -> int:
