@@ -13,22 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from . import agents, approvals, events, system
-from .errors import (
-    AGENT_LOCKED,
-    APPROVAL_NOT_PENDING,
-    INPUT_TOO_LARGE,
-    INTERNAL_ERROR,
-    INVALID_PARAMS,
-    INVALID_REQUEST,
-    METHOD_NOT_FOUND,
-    NOT_FOUND,
-    NOT_INITIALIZED,
-    OVERLOADED,
-    PARSE_ERROR,
-    PROVIDER_ERROR,
-    REQUEST_CANCELLED,
-    UNSUPPORTED_PROTOCOL,
-)
+from .errors import ERRORS
 from .methods import METHODS
 
 PREAMBLE = """\
@@ -147,22 +132,6 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   context compression (no `context_compression` events are emitted).
 """
 
-ERRORS = [
-    (PARSE_ERROR, "parse error: body is not JSON, or a malformed frame", "parse_error, malformed_header"),
-    (INVALID_REQUEST, "invalid request", "invalid_request, batch_not_supported, invalid_id, too_deep"),
-    (METHOD_NOT_FOUND, "method not found", "method_not_found"),
-    (INVALID_PARAMS, "invalid params; `data.errors = [{field, message}]`", "invalid_params, params_not_object, agent_exists"),
-    (INTERNAL_ERROR, "the server's own fault (never for bad input)", "internal"),
-    (REQUEST_CANCELLED, "request cancelled by `$/cancelRequest`", "cancelled"),
-    (OVERLOADED, "overloaded or shutting down (not LSP's UnknownErrorCode)", "shutting_down, pool_full"),
-    (NOT_FOUND, "agent, template or approval not found (not LSP's ServerNotInitialized)", "agent_not_found, template_not_found, approval_not_found"),
-    (NOT_INITIALIZED, "not initialized / already initialized", "not_initialized, already_initialized"),
-    (APPROVAL_NOT_PENDING, "approval already decided; `data.recordedDecision`", "approval_not_pending"),
-    (AGENT_LOCKED, "agent run by another process; `data.pid`, `data.host`", "agent_locked"),
-    (INPUT_TOO_LARGE, "message larger than 64 MiB", "too_large"),
-    (UNSUPPORTED_PROTOCOL, "unsupported protocolVersion; `data.supported = [1]`", "unsupported_protocol"),
-    (PROVIDER_ERROR, "provider error; `data.type`, `data.retryable`", "provider_error"),
-]
 
 
 def _type(prop: dict[str, Any]) -> str:
@@ -218,8 +187,8 @@ def render() -> str:
     out.append("Every error has `data.reason`.\n")
     out.append("| code | meaning | `data.reason` values |")
     out.append("|---|---|---|")
-    for code, meaning, reasons in ERRORS:
-        out.append(f"| `{code}` | {meaning} | {reasons} |")
+    for spec in ERRORS:
+        out.append(f"| `{spec.code}` | {spec.meaning} | {', '.join(spec.reasons)} |")
     out.append("\n## Events\n")
     out.append("`agent/event` params are an `EventEnvelope`; `event` is one of the types below, on the channel shown.\n")
     out.append("| type | channel | model |")

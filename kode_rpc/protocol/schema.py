@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from .errors import ERRORS
 from .methods import METHODS
 
 
@@ -38,5 +39,6 @@ def protocol_schema(version: str) -> dict[str, Any]:
             }
             for name, m in METHODS.items()
         },
+        "errors": [{"code": e.code, "name": e.name, "meaning": e.meaning, "reasons": list(e.reasons)} for e in ERRORS],
         "$defs": defs.get("$defs", {}),
     }

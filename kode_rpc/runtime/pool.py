@@ -166,7 +166,7 @@ class AgentPool:
             await self.svc.store.acquire_lease(agent_id, self.owner, self.settings.lease_ttl_s)
         except LeaseHeld as held:
             raise RpcError(AGENT_LOCKED, f"agent {agent_id} is run by another process (pid {held.pid})",
-                           "agent_locked", pid=held.pid, host=held.host) from None
+                           "agent_locked", owner={"pid": held.pid, "host": held.host}, pid=held.pid, host=held.host) from None
 
     async def _make_room(self) -> None:
         while len(self.agents) >= self.settings.max_agents:

@@ -4,12 +4,30 @@ Paths are checked *after* following symlinks, because a symlink inside the work
 directory that points at `/etc` must not become a way out. Paths that do not exist
 yet are resolved too (`os.path.realpath` resolves the existing prefix and appends
 the rest), so `fs_write` of `link/new.txt` cannot escape through `link`.
+
+A check by name is not enough on its own: a process in the work dir (a background
+`bash_run`) can swap a checked file or directory for a symlink before the tool
+opens it. So files are opened with `open_fd`, which opens the *checked real path*
+one component at a time, each relative to the descriptor of its parent and none
+of them following a symlink (`O_NOFOLLOW`). A symlink swapped in anywhere after
+the check makes that open fail (ELOOP / ENOTDIR), and the failure is reported as a
+BoundaryError; the descriptor that is returned is the object that was checked.
+
+Platforms: Linux and macOS have `dir_fd` support and use the walk above (Linux
+with `O_PATH` for the directories on the way, so a searchable but unreadable
+ancestor still works). Where `os.open` has no `dir_fd` (Windows) the file is
+opened by name and then verified: the opened file's device and inode must equal a
+no-follow `lstat` of the real path, and that path must still resolve to itself.
+That protects what is read; a file created through a swapped-in link would exist
+before the check fails (creating symlinks needs a privilege on Windows).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import sys
 
 from .base import BoundaryError, Sandbox
@@ -17,6 +35,21 @@ from .base import BoundaryError, Sandbox
 log = logging.getLogger(__name__)
 
 _LIB_PATH_VARS = ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+_WALK_DIR_FLAGS = (getattr(os, "O_PATH", 0) or os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW
+"""Flags for each directory on the way down: never follow a symlink, and on Linux
+(`O_PATH`) only look the directory up, so no read permission is needed."""
+HAS_DIR_FD = (
+    os.open in os.supports_dir_fd
+    and os.mkdir in os.supports_dir_fd
+    and os.stat in os.supports_dir_fd
+    and os.scandir in os.supports_fd
+    and bool(_NOFOLLOW)
+)
+"""True where `open_fd` can walk component by component (Linux, macOS, BSDs)."""
+_SWAP_ERRNOS = {errno.ELOOP, errno.ENOTDIR, getattr(errno, "EMLINK", errno.ELOOP), getattr(errno, "EFTYPE", errno.ELOOP)}
 
 
 def restore_env(env: dict[str, str], frozen: bool) -> dict[str, str]:
@@ -39,6 +72,24 @@ def restore_env(env: dict[str, str], frozen: bool) -> dict[str, str]:
         else:
             out.pop(var, None)
     return out
+
+
+def _kind(entry: os.DirEntry[str]) -> str:
+    """What a directory entry is, without following it."""
+    if entry.is_symlink():
+        return "symlink"
+    if entry.is_dir(follow_symlinks=False):
+        return "dir"
+    if entry.is_file(follow_symlinks=False):
+        return "file"
+    return "other"
+
+
+def _is_symlink_at(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _is_within(path: str, root: str) -> bool:
@@ -81,6 +132,98 @@ class LocalSandbox(Sandbox):
             if _is_within(resolved, root):
                 return resolved
         raise BoundaryError(path, resolved)
+
+    def open_fd(self, path: str, flags: int = os.O_RDONLY, mode: int = 0o666, *, makedirs: bool = False) -> int:
+        """Resolve and check `path` like `resolve`, then open exactly that real path.
+
+        The open never follows a symlink (see the module docstring), so a path
+        swapped for a symlink after the check fails with BoundaryError instead of
+        reaching outside. The caller owns (and closes) the descriptor.
+        """
+        real = self.resolve(path)
+        if not self.enforce_boundary:  # no boundary to keep: behave like a plain open
+            if makedirs:
+                os.makedirs(os.path.dirname(real), exist_ok=True)
+            return os.open(real, flags | _BINARY, mode)
+        if not HAS_DIR_FD:
+            return self._open_verified(path, real, flags, mode, makedirs)
+        return self._open_nofollow(path, real, flags, mode, makedirs)
+
+    def list_dir(self, path: str) -> list[tuple[str, str]]:
+        """`(name, kind)` of each entry of directory `path`, kind `dir`, `file`, `symlink` or `other`.
+
+        Listed from a descriptor that `open_fd` opened (not by name), so a
+        directory swapped for a symlink after the check is refused, not listed.
+        """
+        if not HAS_DIR_FD:
+            real = self.resolve(path)  # Windows: names only; whatever is opened later is checked again
+            with os.scandir(real) as it:
+                return [(entry.name, _kind(entry)) for entry in it]
+        fd = self.open_fd(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            with os.scandir(fd) as it:  # scandir works on a duplicate; the kinds are read while it is open
+                return [(entry.name, _kind(entry)) for entry in it]
+        finally:
+            os.close(fd)
+
+    def _open_nofollow(self, given: str, real: str, flags: int, mode: int, makedirs: bool) -> int:
+        """Open `real` from `/` down, each component relative to its parent's descriptor, none followed.
+
+        Starting at `/` rather than at the root of the sandbox also catches an
+        ancestor of the work dir being swapped. `real` is absolute and free of
+        `.`/`..` and symlinks (it came from realpath), so a walk that follows
+        nothing lands exactly on the path that was checked.
+        """
+        anchor = os.path.splitdrive(real)[0] + os.sep
+        parts = [p for p in real[len(anchor):].split(os.sep) if p]
+        if not parts:
+            return os.open(anchor, flags | _BINARY, mode)
+        dir_fd = os.open(anchor, _WALK_DIR_FLAGS)
+        try:
+            for name in parts[:-1]:
+                next_fd = self._open_component(given, real, dir_fd, name, _WALK_DIR_FLAGS, 0, makedirs)
+                os.close(dir_fd)
+                dir_fd = next_fd
+            return self._open_component(given, real, dir_fd, parts[-1], flags | _NOFOLLOW | _BINARY, mode, False)
+        finally:
+            os.close(dir_fd)
+
+    @staticmethod
+    def _open_component(given: str, real: str, dir_fd: int, name: str, flags: int, mode: int, makedirs: bool) -> int:
+        """`os.open(name, dir_fd=dir_fd)`; a symlink found there means the path was swapped after the check."""
+        try:
+            try:
+                return os.open(name, flags, mode, dir_fd=dir_fd)
+            except FileNotFoundError:
+                if not makedirs:
+                    raise
+                try:
+                    os.mkdir(name, 0o777, dir_fd=dir_fd)
+                except FileExistsError:
+                    pass  # made meanwhile by someone else: the open below checks what it is
+                return os.open(name, flags, mode, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in _SWAP_ERRNOS and _is_symlink_at(dir_fd, name):
+                raise BoundaryError(
+                    given, real, f"path changed while it was being opened (a symlink appeared at {name!r}): "
+                    f"{given}; refused",
+                ) from None
+            raise
+
+    def _open_verified(self, given: str, real: str, flags: int, mode: int, makedirs: bool) -> int:
+        """Fallback without `dir_fd`: open by name, then prove the descriptor is the checked file."""
+        if makedirs:
+            os.makedirs(os.path.dirname(real), exist_ok=True)
+        fd = os.open(real, flags | _NOFOLLOW | _BINARY, mode)
+        try:
+            opened = os.fstat(fd)
+            now = os.lstat(real)
+            if stat.S_ISLNK(now.st_mode) or not os.path.samestat(opened, now) or os.path.realpath(real) != real:
+                raise BoundaryError(given, real, f"path changed while it was being opened: {given}; refused")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def child_env(self) -> dict[str, str]:
         """The user's environment for tool subprocesses (undoing a frozen bundle's overrides)."""
