@@ -67,7 +67,14 @@ class Settings:
     prices: dict[str, dict[str, Any]] = field(default_factory=dict)
     debug: Debug = field(default_factory=Debug)
     errors: list[str] = field(default_factory=list)
+    env_allow: list[str] = field(default_factory=list)
+    """`[sandbox] envAllow`: secret-looking variables that tools may see all the same."""
     """Problems found while loading (reported by `kode-rpc doctor`)."""
+
+    def key_env_names(self) -> list[str]:
+        """Variables the configured providers and default model read keys from."""
+        names = {cfg.get("apiKeyEnv") for cfg in self.providers.values()} | {self.default_model.get("apiKeyEnv")}
+        return sorted(n for n in names if isinstance(n, str) and n)
 
     def model_defaults(self, model: dict[str, Any]) -> dict[str, Any]:
         """The agent's model config over the provider's configured defaults."""
@@ -151,4 +158,9 @@ def load_settings() -> Settings:
         errors.append("maxAgents must be an integer")
         max_agents = 50
     prices = {name: _camel(p) for name, p in (data.get("prices") or {}).items() if isinstance(p, dict)}
-    return Settings(model, source, max_agents, providers, retry, prices, debug, errors)
+    sandbox = _camel(data.get("sandbox") or {})
+    env_allow = sandbox.get("envAllow") or []
+    if not isinstance(env_allow, list) or not all(isinstance(n, str) for n in env_allow):
+        errors.append("[sandbox] envAllow must be a list of variable names")
+        env_allow = []
+    return Settings(model, source, max_agents, providers, retry, prices, debug, errors, env_allow)

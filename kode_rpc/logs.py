@@ -8,9 +8,9 @@ import os
 import re
 import sys
 
+from . import secrets
 from .config import log_dir
 
-_SECRETS: set[str] = set()
 _PATTERNS = [
     re.compile(r"(?i)(authorization\s*[:=]\s*(?:bearer\s+)?)[^\s'\",]+"),
     re.compile(r"(?i)(x-api-key\s*[:=]\s*)[^\s'\",]+"),
@@ -19,15 +19,13 @@ _PATTERNS = [
 
 
 def register_secret(value: str) -> None:
-    """Remember a secret (an API key just read) so no log line can carry it."""
-    if value and len(value) >= 6:
-        _SECRETS.add(value)
+    """Remember a secret (an API key just read) so no log line, event or stored row can carry it."""
+    secrets.register(value)
 
 
 def redact(text: str) -> str:
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, "[REDACTED]")
+    """Known secret values, and anything shaped like a credential header or key, redacted."""
+    text = secrets.redact(text)
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: m.group(1) + "[REDACTED]", text)
     return text

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
 
+from .. import secrets
 from ..config import Settings
 from ..logs import redact
 from ..protocol.agents import AgentConfig, AgentInfo, Usage
@@ -80,6 +82,12 @@ class CallRun:
     step: int
     approval: PendingApproval | None = None
     executed: bool = False
+    started: float | None = None
+    """monotonic() when the tool started running."""
+
+    def stop_clock(self) -> None:
+        if self.started is not None and self.call.duration_ms is None:
+            self.call.duration_ms = int((time.monotonic() - self.started) * 1000)
 
     @property
     def final(self) -> bool:
@@ -158,6 +166,10 @@ class Agent:
         sandbox = self.config.sandbox
         assert sandbox is not None, "the pool always resolves a sandbox"
         self.sandbox = LocalSandbox(sandbox.work_dir, sandbox.allow_paths, sandbox.enforce_boundary)
+        key_env = self.config.model.api_key_env if self.config.model else None
+        if key_env:
+            secrets.register(os.environ.get(key_env))
+        secrets.register_dotenv(self.sandbox.work_dir)
         self.shells = ShellRegistry()
         self._sem = asyncio.Semaphore(svc.tool_concurrency)
         wanted = self.config.tools if self.config.tools is not None else self.template.tools
@@ -257,7 +269,9 @@ class Agent:
         step = turn.row.step
         reason = "completed"
         try:
-            self._set_state("WORKING", tid)
+            # A turn resumed after a crash may start waiting on re-issued approvals: the
+            # state follows from what is pending (see _update_pause), not from "a turn runs".
+            self._set_state("PAUSED" if self.pending else "WORKING", tid)
             if turn.resume_calls is None:
                 assert turn.row.message is not None
                 turn.row.message_index = len(self.messages)
@@ -512,20 +526,22 @@ class Agent:
                 call.started_at = now_iso()
                 self._store_call(turn, run, "executing")
                 self._set_breakpoint("TOOL_EXECUTING", turn.id)
-                started = time.monotonic()
+                run.started = time.monotonic()
                 run.executed = True
+                ctx = CallContext(self, turn, run)
                 try:
-                    result = await tool.run(CallContext(self, turn, run), args)
+                    result = redact_result(await tool.run(ctx, args))
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     log.exception("tool %s raised", call.name)
-                    call.duration_ms = int((time.monotonic() - started) * 1000)
-                    call.error = f"{type(exc).__name__}: {exc}"
+                    call.error = secrets.redact(f"{type(exc).__name__}: {exc}")
+                    run.stop_clock()
                     self.emit(ev.ToolError(call=call, error=call.error), turn.id)
                     await self._finish_call(turn, run, "FAILED", ToolResult.fail(call.error, "tool_error"))
                     return
-                call.duration_ms = int((time.monotonic() - started) * 1000)
+                finally:
+                    ctx.flush()
             await self._finish_call(turn, run, "COMPLETED" if result.ok else "FAILED", result)
         except asyncio.CancelledError:
             if turn.detach or run.final:
@@ -537,6 +553,7 @@ class Agent:
 
     async def _finish_call(self, turn: Turn, run: CallRun, state: str, result: ToolResult) -> None:
         call = run.call
+        run.stop_clock()  # every executed call reports its duration, an interrupted one too
         call.state = state  # type: ignore[assignment]
         call.result = result.wire()
         if not result.ok and call.error is None:
@@ -780,6 +797,13 @@ class Agent:
 
     def _executing(self) -> bool:
         return self.breakpoint == "TOOL_EXECUTING"
+
+
+def redact_result(result: ToolResult) -> ToolResult:
+    """A tool's result with known secrets redacted: what the model, the store and the
+    client see of it (a tool may have read a key from a file)."""
+    return replace(result, data=secrets.redact_value(result.data),
+                   error=secrets.redact(result.error) if result.error else result.error)
 
 
 def _text_of(content: list[dict[str, Any]]) -> str:

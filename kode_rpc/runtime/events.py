@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import secrets
 from ..protocol.base import WireModel
 from ..protocol.events import channel_of
 from ..store.base import EventRow, Store
@@ -45,7 +46,13 @@ class Envelope:
         if self.turn_id is not None:
             body["turnId"] = self.turn_id
         body["event"] = self.event
-        self.json = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        try:
+            text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from outside (a provider, a tool): escape it
+            text = json.dumps(body, ensure_ascii=True, separators=(",", ":"))
+        # The one redaction pass on the way into the log: nothing stored or sent carries a secret.
+        self.json = secrets.redact_json(text)
         return self.json
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
+from .. import secrets
 from ..protocol.events import FileChanged, ToolOutput
 
 if TYPE_CHECKING:
@@ -25,9 +26,33 @@ class CallContext:
         self._turn = turn
         self._sent = 0
         self._truncated = False
+        self._held: dict[str, str] = {}
 
     def output(self, stream: Literal["stdout", "stderr"], text: str) -> None:
+        """Send tool output as `tool:output` deltas, secrets redacted. While secrets are
+        known, the last (longest secret - 1) characters of a stream are held back until
+        more output or the call's end, so a secret split across two chunks is caught too."""
         if self._truncated or not text:
+            return
+        hold = secrets.longest() - 1
+        if hold > 0:
+            text = secrets.redact(self._held.pop(stream, "") + text)
+            if len(text) <= hold:
+                self._held[stream] = text
+                return
+            self._held[stream] = text[-hold:]
+            text = text[:-hold]
+        self._send(stream, text)
+
+    def flush(self) -> None:
+        """Send what `output` held back (the call ended)."""
+        held, self._held = self._held, {}
+        for stream, text in held.items():
+            if text:
+                self._send(stream, text)  # type: ignore[arg-type]
+
+    def _send(self, stream: Literal["stdout", "stderr"], text: str) -> None:
+        if self._truncated:
             return
         data = text.encode("utf-8", "replace")
         truncated = False

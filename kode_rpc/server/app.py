@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from .. import secrets
 from ..config import data_dir as resolve_data_dir
 from ..config import load_settings
 from ..logs import setup_logging
@@ -42,6 +43,7 @@ class App:
     async def run(self, proto_out: object) -> int:
         os.makedirs(self.data_dir, exist_ok=True)
         settings = load_settings()
+        secrets.register_env(os.environ, settings.key_env_names())
         self.store = SQLiteStore(os.path.join(self.data_dir, "kode.db"))
         await self.store.open()
         events = EventLog(self.store)
