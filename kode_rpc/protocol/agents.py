@@ -26,6 +26,25 @@ Breakpoint = Literal[
 ]
 
 
+PATH_MAX = 4096
+NAME_MAX = 255
+
+
+def os_path(value: str, what: str) -> str:
+    """An absolute path the OS can take (checked here, so a bad one is -32602 naming the
+    field rather than an OSError from deep inside the sandbox or the store)."""
+    import os.path
+
+    if not os.path.isabs(value):
+        raise ValueError(f"{what} must be an absolute path")
+    encoded = os.fsencode(value)  # NUL and lone surrogates were refused before validation
+    if len(encoded) >= PATH_MAX:
+        raise ValueError(f"{what} is longer than {PATH_MAX} bytes")
+    if any(len(part) > NAME_MAX for part in encoded.split(b"/")):
+        raise ValueError(f"{what} has a component longer than {NAME_MAX} bytes")
+    return value
+
+
 class ScriptToolCall(WireModel):
     name: str
     input: dict[str, Any] = Field(default_factory=dict)
@@ -92,21 +111,12 @@ class SandboxConfig(WireModel):
     @field_validator("work_dir")
     @classmethod
     def _work_dir_absolute(cls, value: str) -> str:
-        import os.path
-
-        if not os.path.isabs(value):
-            raise ValueError("workDir must be an absolute path")
-        return value
+        return os_path(value, "workDir")
 
     @field_validator("allow_paths")
     @classmethod
     def _allow_paths_absolute(cls, value: list[str] | None) -> list[str] | None:
-        import os.path
-
-        for path in value or []:
-            if not os.path.isabs(path):
-                raise ValueError(f"allowPaths entries must be absolute: {path}")
-        return value
+        return [os_path(path, "allowPaths entries") for path in value] if value is not None else None
 
 
 class BudgetConfig(WireModel):

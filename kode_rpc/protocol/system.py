@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
+from .agents import os_path
 from .base import WireModel
 
 
@@ -41,7 +42,7 @@ class InitializeParams(WireModel):
                     folder = folder[1:]
             if not os.path.isabs(folder):
                 raise ValueError(f"workspace folders must be absolute paths or file:// URIs: {folder}")
-            out.append(folder)
+            out.append(os_path(folder, "workspace folders"))
         return out if value is not None else None
 
 

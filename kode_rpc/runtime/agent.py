@@ -465,7 +465,8 @@ class Agent:
         )
 
     async def _tool_phase(self, turn: Turn, step: int, calls: list[CallRun]) -> None:
-        self._set_breakpoint("TOOL_PENDING", turn.id)
+        # Resumed with approvals pending (after a crash), the agent stays at AWAITING_APPROVAL.
+        self._set_breakpoint("AWAITING_APPROVAL" if self.pending else "TOOL_PENDING", turn.id)
         tasks = [asyncio.create_task(self._run_call(turn, run)) for run in calls]
         try:
             await asyncio.gather(*tasks)

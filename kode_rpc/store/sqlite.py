@@ -1189,8 +1189,13 @@ class SQLiteStore(Store):
 
         Reported: missing agent; event seqs not 1..N; last_seq != max(seq);
         message indices not 0..M-1; message_count != M; a tool_use without a
-        tool_result in a later message, unless its tool call is still running
-        (a row in a non-final state); a pending approval of a finished call.
+        tool_result in a later message whose turn has ended or whose call was
+        lost (no tool-call record); a pending approval of a finished call.
+
+        A tool_use of a turn that has not ended is not an inconsistency: its
+        results are appended together when the step's last call ends, so a call
+        waiting on an approval (also one re-issued after a crash), a running
+        call, and a call already sealed or finished beside it all wait for that.
         """
 
         def fn(conn: sqlite3.Connection) -> list[str]:
@@ -1214,9 +1219,11 @@ class SQLiteStore(Store):
             if last_seq != max_seq:
                 issues.append(f"agents.last_seq is {last_seq} but the highest event seq is {max_seq}")
 
-            messages = conn.execute(
-                "SELECT idx, role, content_json FROM messages WHERE agent_id = ? ORDER BY idx", (agent_id,)
+            rows = conn.execute(
+                "SELECT idx, role, content_json, turn_id FROM messages WHERE agent_id = ? ORDER BY idx", (agent_id,)
             ).fetchall()
+            messages = [r[:3] for r in rows]
+            turn_ids = [r[3] for r in rows]
             bad = [(i, m[0]) for i, m in enumerate(messages) if m[0] != i]
             if bad:
                 expected, found = bad[0]
@@ -1229,6 +1236,8 @@ class SQLiteStore(Store):
             )
             uses: list[tuple[str, int]] = []
             results: dict[str, int] = {}
+            open_turns = {r[0] for r in conn.execute(
+                "SELECT turn_id FROM turns WHERE agent_id = ? AND status IN ('running', 'queued')", (agent_id,))}
             for idx, role, content_json in messages:
                 try:
                     content = json.loads(content_json)
@@ -1247,13 +1256,15 @@ class SQLiteStore(Store):
                         use_id = block.get("toolUseId", block.get("tool_use_id"))
                         if use_id is not None:
                             results[str(use_id)] = max(results.get(str(use_id), -1), idx)
+            message_turn = {m[0]: t for m, t in zip(messages, turn_ids)}
             for use_id, idx in uses:
                 if results.get(use_id, -1) > idx:
                     continue
                 state = states.get(use_id)
-                if state is not None and state not in FINAL_TOOL_STATES:
-                    continue  # the turn is still running this call
-                issues.append(f"tool_use {use_id} in message {idx} has no tool_result")
+                if state is not None and (state not in FINAL_TOOL_STATES or message_turn.get(idx) in open_turns):
+                    continue  # still running or waiting, or its turn has not ended: results come with the step
+                why = "its call was lost (no tool-call record)" if state is None else f"its call is {state}"
+                issues.append(f"tool_use {use_id} in message {idx} has no tool_result ({why})")
 
             for approval_id, call_id, state in conn.execute(
                 "SELECT a.approval_id, a.call_id, t.state FROM approvals a LEFT JOIN tool_calls t "
