@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-// Generates src/protocol.ts from the server's JSON Schema (`kode-rpc schema`).
+// Generates src/protocol.ts from the server's JSON Schema (`kode-rpc schema`): the message
+// types, the `Methods` map and `METHODS` table, and the `ErrorCodes` table (from the schema's
+// `errors`, i.e. the server's one definition of its error codes).
 //
 //   node scripts/gen-types.mjs           write src/protocol.ts
 //   node scripts/gen-types.mjs --check   regenerate into a temp file and exit 1 when it
@@ -82,6 +84,61 @@ function refName(s) {
   if (s && typeof s.$ref === "string") return s.$ref.replace("#/$defs/", "");
   if (s && s.type === "null") return "null";
   throw new Error("unexpected method schema " + JSON.stringify(s));
+}
+
+/** The `ErrorCodes` table from the schema's `errors` (the server's one definition of its
+ * error codes, kode_rpc/protocol/errors.py): one constant per error, named by `name`, with
+ * `meaning` and the `data.reason` values as its doc comment. */
+function errorCodes(errors) {
+  if (!Array.isArray(errors) || errors.length === 0) {
+    console.error("gen-types: the schema has no `errors` list: the server is too old for this client.");
+    process.exit(2);
+  }
+  const doc = (text) => text.replace(/\*\//g, "*\\/");
+  const seen = new Set();
+  const out = [];
+  out.push("/**");
+  out.push(` * Error codes of kode-rpc protocol v${schema["x-protocolVersion"]} (\`code\` of a JSON-RPC error response); every error`);
+  out.push(" * carries `data.reason`. `-32001` and `-32002` carry kode-rpc's meanings (unavailable, not");
+  out.push(" * found), NOT the names LSP gives those numbers (UnknownErrorCode, ServerNotInitialized):");
+  out.push(" * `vscode-jsonrpc`'s own `ErrorCodes` table uses the LSP names; use this one with kode-rpc.");
+  out.push(" */");
+  out.push("export const ErrorCodes = {");
+  for (const e of errors) {
+    if (!/^[A-Z][A-Za-z0-9]*$/.test(e?.name ?? "") || !Number.isInteger(e?.code) || seen.has(e.name)) {
+      throw new Error("gen-types: bad entry in the schema's errors: " + JSON.stringify(e));
+    }
+    seen.add(e.name);
+    const reasons = (e.reasons ?? []).map((r) => "`" + r + "`").join(", ");
+    const text = doc(String(e.meaning ?? "").replace(/\s+/g, " ").trim());
+    const comment = `${text.charAt(0).toUpperCase() + text.slice(1)}.${reasons ? ` \`data.reason\`: ${doc(reasons)}.` : ""}`;
+    if (comment.length + 9 <= 100) {
+      out.push(`  /** ${comment} */`);
+    } else {
+      // Wrapped at 100 columns, on spaces.
+      out.push("  /**");
+      let line = "";
+      for (const word of comment.split(" ")) {
+        if (line && line.length + 1 + word.length + 5 > 100) {
+          out.push(`   * ${line}`);
+          line = word;
+        } else {
+          line = line ? `${line} ${word}` : word;
+        }
+      }
+      if (line) out.push(`   * ${line}`);
+      out.push("   */");
+    }
+    out.push(`  ${e.name}: ${e.code},`);
+  }
+  out.push("} as const;");
+  out.push("");
+  out.push("/** One of the protocol's error codes. */");
+  out.push("export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];");
+  out.push("/** The name of an error code (a key of `ErrorCodes`). */");
+  out.push("export type ErrorName = keyof typeof ErrorCodes;");
+  out.push("");
+  return out;
 }
 
 const schema = runSchema();
@@ -180,6 +237,7 @@ lines.push("} as const satisfies {");
 lines.push('  [K in MethodName]: { direction: Methods[K]["direction"]; kind: Methods[K]["kind"] };');
 lines.push("};");
 lines.push("");
+lines.push(...errorCodes(schema.errors));
 
 const output = ts.trimEnd() + "\n" + lines.join("\n");
 

@@ -49,6 +49,7 @@ import type {
   TemplatesResult,
   TodosParams,
   TodosResult,
+  TurnError,
 } from "./protocol.js";
 import { PROTOCOL_VERSION } from "./protocol.js";
 
@@ -66,6 +67,19 @@ export interface Logger {
 export interface Disposable {
   dispose(): void;
 }
+
+/**
+ * The result of `agent/complete` (`CompleteResult`), narrowed on `status`: a turn that
+ * failed (`done {reason: "error"}`, e.g. a provider's 401, quota or 5xx after retries)
+ * is a result with `status: "error"` and `error: {type, message, retryable}` (`type` from
+ * the -32020 vocabulary: `authentication`, `rate_limit`, `quota_exceeded`, `timeout`,
+ * `connection`, `service_unavailable`, `invalid_request`, `invalid_response`,
+ * `internal`, ...), not a rejected promise. `error` is set exactly when `status` is
+ * "error".
+ */
+export type CompleteOutcome =
+  | (CompleteResult & { status: "error"; error: TurnError })
+  | (CompleteResult & { status: "ok" | "paused" | "interrupted"; error?: null });
 
 export type Channel = EventEnvelope["channel"];
 export type AgentEvent = EventEnvelope["event"];
@@ -1126,12 +1140,16 @@ export class KodeClient {
   }
 
   /**
-   * `agent/complete`: sends and waits for the turn's `done`. Cancelling (token/signal)
-   * sends `$/cancelRequest`: the promise rejects with `-32800`, the turn goes on (stop it
-   * with `interrupt`).
+   * `agent/complete`: sends and waits for the turn's `done`. A turn that failed (a
+   * provider error included) resolves with `status: "error"` and
+   * `error: {type, message, retryable}`; check `status`. The promise rejects only when
+   * the request itself failed: `KodeRpcError` for bad params (`-32602`), an unknown agent
+   * (`-32002`), a server shutting down (`-32001`), or `-32800` when cancelled (token/signal
+   * send `$/cancelRequest`; the turn goes on: stop it with `interrupt`), and
+   * `KodeConnectionError` when the server went away first.
    */
-  complete(params: SendParams, options?: RequestOptions): Promise<CompleteResult> {
-    return this.agentRequest("agent/complete", params, options, true);
+  async complete(params: SendParams, options?: RequestOptions): Promise<CompleteOutcome> {
+    return (await this.agentRequest("agent/complete", params, options, true)) as CompleteOutcome;
   }
 
   interrupt(params: InterruptParams, options?: RequestOptions): Promise<InterruptResult> {

@@ -1,38 +1,13 @@
-/**
- * Error codes of kode-rpc protocol v1.
- *
- * `-32001` and `-32002` carry kode-rpc's meanings (overloaded / shutting down, and
- * not found), NOT the names LSP gives those numbers (UnknownErrorCode and
- * ServerNotInitialized). `vscode-jsonrpc`'s own `ErrorCodes` table uses the LSP names:
- * use this table with kode-rpc.
- */
-export const ErrorCodes = {
-  ParseError: -32700,
-  InvalidRequest: -32600,
-  MethodNotFound: -32601,
-  InvalidParams: -32602,
-  InternalError: -32603,
-  /** The request was cancelled with `$/cancelRequest`. */
-  RequestCancelled: -32800,
-  /** Overloaded (`pool_full`) or shutting down (`shutting_down`); retryable. Not LSP's UnknownErrorCode. */
-  Unavailable: -32001,
-  /** Agent, template or approval not found. Not LSP's ServerNotInitialized. */
-  NotFound: -32002,
-  /** Not initialized / already initialized. */
-  NotInitialized: -32003,
-  /** The approval was already decided (`data.recordedDecision`). */
-  ApprovalNotPending: -32011,
-  /** The agent is run by another process (`data.pid`, `data.host`). */
-  AgentLocked: -32012,
-  /** Message larger than 64 MiB. */
-  TooLarge: -32013,
-  /** Unsupported protocolVersion (`data.supported`). */
-  UnsupportedProtocol: -32014,
-  /** Provider error (`data.type`, `data.retryable`). */
-  ProviderError: -32020,
-} as const;
+import { ErrorCodes } from "./protocol.js";
 
-export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+/**
+ * `ErrorCodes` (and the `ErrorCode` / `ErrorName` types) are GENERATED into protocol.ts
+ * from the schema's `errors`, the server's one definition of its error codes
+ * (`npm run gen-types`). `-32001` and `-32002` carry kode-rpc's meanings (unavailable, not
+ * found), NOT the names LSP gives those numbers: `vscode-jsonrpc`'s own `ErrorCodes` table
+ * uses the LSP names; use this one with kode-rpc.
+ */
+export { ErrorCodes, type ErrorCode, type ErrorName } from "./protocol.js";
 
 /** Every kode-rpc error carries `data.reason`; some carry more (see the protocol doc). */
 export interface KodeErrorData {
@@ -40,6 +15,8 @@ export interface KodeErrorData {
   errors?: { field: string; message: string }[];
   retryable?: boolean;
   type?: string;
+  /** `-32012`: the process that runs the agent. */
+  owner?: { pid: number; host: string };
   [key: string]: unknown;
 }
 

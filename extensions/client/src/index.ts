@@ -12,8 +12,9 @@ export {
   type ClientState,
   type RestartInfo,
   type RequestOptions,
+  type CompleteOutcome,
 } from "./client.js";
 export { resolveServerCommand, which, type ServerCommand, type DiscoveryOptions } from "./discovery.js";
-export { ErrorCodes, KodeRpcError, KodeConnectionError, type ErrorCode, type KodeErrorData } from "./errors.js";
+export { ErrorCodes, KodeRpcError, KodeConnectionError, type ErrorCode, type ErrorName, type KodeErrorData } from "./errors.js";
 export { CancellationTokenSource, CancellationToken } from "vscode-jsonrpc/node";
 export * from "./protocol.js";

@@ -272,6 +272,16 @@ export interface CompleteResult {
   turnId: string;
   lastSeq: number;
   permissionIds: string[];
+  error?: TurnError | null;
+}
+
+/**
+ * Why a turn ended with `done {reason: "error"}` (`type` from the -32020 vocabulary).
+ */
+export interface TurnError {
+  type: string;
+  message: string;
+  retryable?: boolean;
 }
 
 export interface ConsistencyParams {
@@ -487,6 +497,7 @@ export interface FileChanged {
   type: "file_changed";
   path: string;
   change: "added" | "modified" | "deleted";
+  by?: "agent" | "external";
 }
 
 export interface EventsParams {
@@ -713,14 +724,22 @@ export interface StoreMetrics {
   collectedAt: string;
 }
 
+export interface TemplateError {
+  path: string;
+  message: string;
+}
+
 export interface TemplateInfo {
   id: string;
   version: string;
   description: string;
+  source?: "builtin" | "user" | "workspace";
+  path?: string | null;
 }
 
 export interface TemplatesResult {
   templates: TemplateInfo[];
+  errors?: TemplateError[];
 }
 
 export interface TodosParams {
@@ -972,3 +991,68 @@ export const METHODS = {
 } as const satisfies {
   [K in MethodName]: { direction: Methods[K]["direction"]; kind: Methods[K]["kind"] };
 };
+
+/**
+ * Error codes of kode-rpc protocol v1 (`code` of a JSON-RPC error response); every error
+ * carries `data.reason`. `-32001` and `-32002` carry kode-rpc's meanings (unavailable, not
+ * found), NOT the names LSP gives those numbers (UnknownErrorCode, ServerNotInitialized):
+ * `vscode-jsonrpc`'s own `ErrorCodes` table uses the LSP names; use this one with kode-rpc.
+ */
+export const ErrorCodes = {
+  /**
+   * Parse error: body is not JSON, or a malformed frame. `data.reason`: `parse_error`,
+   * `malformed_header`.
+   */
+  ParseError: -32700,
+  /**
+   * Invalid request. `data.reason`: `invalid_request`, `batch_not_supported`, `invalid_id`,
+   * `too_deep`.
+   */
+  InvalidRequest: -32600,
+  /** Method not found. `data.reason`: `method_not_found`. */
+  MethodNotFound: -32601,
+  /**
+   * Invalid params; `data.errors = [{field, message}]`. `data.reason`: `invalid_params`,
+   * `invalid_string`, `params_not_object`, `agent_exists`, `agent_busy`.
+   */
+  InvalidParams: -32602,
+  /** The server's own fault (never for bad input). `data.reason`: `internal`. */
+  InternalError: -32603,
+  /** Request cancelled by `$/cancelRequest`. `data.reason`: `cancelled`. */
+  RequestCancelled: -32800,
+  /**
+   * Overloaded, shutting down or store unavailable; retryable (not LSP's UnknownErrorCode).
+   * `data.reason`: `shutting_down`, `pool_full`, `store_unavailable`.
+   */
+  Unavailable: -32001,
+  /**
+   * Agent, template or approval not found (not LSP's ServerNotInitialized). `data.reason`:
+   * `agent_not_found`, `template_not_found`, `approval_not_found`.
+   */
+  NotFound: -32002,
+  /**
+   * Not initialized / already initialized. `data.reason`: `not_initialized`, `already_initialized`.
+   */
+  NotInitialized: -32003,
+  /** Approval already decided; `data.recordedDecision`. `data.reason`: `approval_not_pending`. */
+  ApprovalNotPending: -32011,
+  /**
+   * Agent run by another process; `data.owner: {pid, host}` (also `data.pid`, `data.host`).
+   * `data.reason`: `agent_locked`.
+   */
+  AgentLocked: -32012,
+  /** Message larger than 64 MiB. `data.reason`: `too_large`. */
+  TooLarge: -32013,
+  /** Unsupported protocolVersion; `data.supported = [1]`. `data.reason`: `unsupported_protocol`. */
+  UnsupportedProtocol: -32014,
+  /**
+   * Provider error; `data.type`, `data.retryable` (a failed turn is an `agent/complete` result with
+   * `status: "error"`, not this error). `data.reason`: `provider_error`.
+   */
+  ProviderError: -32020,
+} as const;
+
+/** One of the protocol's error codes. */
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+/** The name of an error code (a key of `ErrorCodes`). */
+export type ErrorName = keyof typeof ErrorCodes;

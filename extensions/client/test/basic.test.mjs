@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, symlinkSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import {
@@ -148,7 +148,9 @@ test("discovery order: command, serverPath, bundledPath (skipped when missing), 
   const py = spawnSync("python3", ["-c", "import sys, kode_rpc; print(sys.executable)"], { encoding: "utf8" });
   if (py.status === 0 && process.platform !== "win32") {
     const bin = tempDir();
-    symlinkSync(py.stdout.trim(), join(bin, "python"));
+    // A wrapper, not a symlink: a symlinked venv interpreter looks for pyvenv.cfg next to
+    // the link and loses the venv (and kode_rpc with it).
+    writeFileSync(join(bin, "python"), `#!/bin/sh\nexec '${py.stdout.trim().replace(/'/g, "'\\''")}' "$@"\n`, { mode: 0o755 });
     const viaPython = await resolveServerCommand({ env: { ...process.env, PATH: bin } });
     assert.equal(viaPython.source, "python");
     assert.equal(viaPython.command, join(bin, "python"));

@@ -182,6 +182,29 @@ test("server state starting -> ready; an echo chat streams kode:event text chunk
   assert.deepEqual(self.pendingApprovals, []);
 });
 
+test("a provider failure reaches the renderer as an error event and done {reason: error}", { timeout: LONG }, async (t) => {
+  // No OPENAI_API_KEY in the server's environment: the turn fails (authentication) without
+  // any network. kode:send still resolves (the turn was queued); the failure streams.
+  const env = { ...process.env };
+  delete env.OPENAI_API_KEY;
+  const { sidecar, ipcMain, webContents } = startSidecar(t, { clientOptions: { env } });
+  await ipcMain.invoke(CHANNELS.createAgent, { agentId: "nokey", model: { provider: "openai", model: "gpt-test" } });
+  const sent = await ipcMain.invoke(CHANNELS.send, { agentId: "nokey", text: "hi" });
+  const done = await webContents.waitFor(PUSH.event, isDone("nokey"));
+  assert.equal(done.event.reason, "error");
+  assert.equal(done.turnId, sent.turnId);
+  const err = webContents.of(PUSH.event).find((e) => e.agentId === "nokey" && e.event.type === "error");
+  assert.ok(err && err.seq < done.seq, "the error event comes before done");
+  assert.equal(err.event.severity, "error");
+  assert.match(err.event.message, /authentication.*OPENAI_API_KEY/);
+  // agent/complete answers the same failure with a result (status "error"), not a rejection.
+  const r = await sidecar.client.complete({ agentId: "nokey", text: "again" });
+  assert.equal(r.status, "error");
+  assert.equal(r.error?.type, "authentication");
+  const status = await ipcMain.invoke(CHANNELS.status, { agentId: "nokey" });
+  assert.equal(status.state, "READY");
+});
+
 test("approvals reach the renderer: allow writes the file, deny leaves it untouched", { timeout: LONG }, async (t) => {
   const { ipcMain, webContents, workDir } = startSidecar(t);
   // The fake renderer answers each prompt as the agent's name says.

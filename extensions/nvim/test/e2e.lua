@@ -78,6 +78,20 @@ local function main()
 
   local kode = require("kode")
   local discovery = require("kode.discovery")
+  local errors = require("kode.errors")
+
+  -- kode.errors mirrors the schema's `errors` (the server's one definition of its codes).
+  local schema_json = vim.fn.system({ py, "-m", "kode_rpc", "schema" })
+  check(vim.v.shell_error == 0, "kode-rpc schema ran")
+  local schema = vim.fn.json_decode(schema_json)
+  local from_schema = {}
+  for _, e in ipairs(schema.errors or {}) do
+    from_schema[e.name] = e.code
+  end
+  check(next(from_schema) ~= nil, "the schema lists the error codes")
+  local same = vim.deep_equal(from_schema, errors.codes)
+  check(same, "lua/kode/errors.lua matches the schema's errors" .. (same and "" or ": schema "
+    .. vim.inspect(from_schema) .. " vs plugin " .. vim.inspect(errors.codes)))
 
   -- Discovery order.
   local c1, s1 = discovery.resolve({ cmd = { "x", "y" } })
@@ -424,6 +438,56 @@ local function main()
     return done_count(echo_id) > before and has_line(echo_buf, "again")
   end, "reply after resume")
   check(has_line(echo_buf, "> again"), "prompt after resume")
+
+  -- 10. A provider failure: the chat shows the error and [done: error]; agent/complete
+  -- answers it with a result (status "error", error.type), not a JSON-RPC error.
+  log("step: provider failure (no API key)")
+  local fail_id
+  kode.new_agent({
+    model = { provider = "openai", model = "gpt-test", apiKeyEnv = "KODE_NVIM_UNSET_KEY" },
+  }, function(err, ag)
+    if err then
+      error("agent/create failed: " .. vim.inspect(err))
+    end
+    fail_id = ag.agentId
+  end)
+  wait(10000, function()
+    return fail_id ~= nil and kode._chat.get(fail_id) ~= nil
+  end, "agent/create (openai, no key)")
+  local fail_buf = kode._chat.get(fail_id).buf
+  kode.send("hi", fail_id)
+  wait(20000, function()
+    return done_count(fail_id) >= 1
+  end, "done of the failed turn")
+  check(done_reason(fail_id) == "error", "done reason error")
+  wait(5000, function()
+    return has_line(fail_buf, "[done: error]")
+  end, "[done: error] in the chat buffer:\n" .. buf_text(fail_buf))
+  local shown = buf_text(fail_buf)
+  check(has_line(fail_buf, "[error] authentication: no API key: set the environment variable KODE_NVIM_UNSET_KEY"),
+    "the provider's error is shown in the chat:\n" .. shown)
+  local cerr, cres
+  kode.request("agent/complete", { agentId = fail_id, text = "again" }, function(err, res)
+    cerr, cres = err or vim.NIL, res
+  end)
+  wait(20000, function()
+    return cerr ~= nil
+  end, "agent/complete of a failing turn")
+  local answered = cerr == vim.NIL and type(cres) == "table"
+  check(answered, "agent/complete answered with a result, not an error" .. (answered and "" or ": " .. vim.inspect(cerr)))
+  local failed = cres.status == "error" and type(cres.error) == "table" and cres.error.type == "authentication"
+    and cres.error.retryable == false and type(cres.turnId) == "string"
+  check(failed, "result status error, error.type authentication" .. (failed and "" or ": " .. vim.inspect(cres)))
+  -- Request errors still come as JSON-RPC errors, with the codes of kode.errors.
+  local gerr
+  kode.request("agent/complete", { agentId = "no-such-agent", text = "x" }, function(err)
+    gerr = err or vim.NIL
+  end)
+  wait(10000, function()
+    return gerr ~= nil
+  end, "agent/complete of an unknown agent")
+  local nf = errors.is(gerr, "NotFound") and errors.name(gerr.code) == "NotFound"
+  check(nf, "unknown agent: JSON-RPC error -32002 (errors.codes.NotFound)" .. (nf and "" or ": " .. vim.inspect(gerr)))
 
   vim.ui.select = real_select
   local stopped2 = false

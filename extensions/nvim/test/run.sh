@@ -27,7 +27,7 @@ export KODE_NVIM_TMP="$TMP" KODE_NVIM_PY="$PY" KODE_NVIM_RESULT="$TMP/result.txt
 # Keep the server's logs and config out of the user's dirs.
 export KODE_LOG_DIR="$TMP/log" KODE_CONFIG_DIR="$TMP/config"
 export XDG_STATE_HOME="$TMP/state" XDG_DATA_HOME="$TMP/xdgdata" XDG_CACHE_HOME="$TMP/cache"
-unset KODE_PROVIDER KODE_MODEL KODE_BASE_URL
+unset KODE_PROVIDER KODE_MODEL KODE_BASE_URL KODE_NVIM_UNSET_KEY
 
 cd "$PLUGIN"
 timeout -k 5 "${KODE_NVIM_TIMEOUT:-120}" "$NVIM" --headless -u NONE -i NONE -n \

@@ -183,3 +183,29 @@ test("interrupt ends a running turn", async (t) => {
   assert.equal(card.state, "FAILED");
   assert.ok(a.model.items.some((i) => i.kind === "notice" && i.text === "Turn interrupted."));
 });
+
+test("a provider failure (no API key) shows the error and the failed turn in the chat", async (t) => {
+  // The server's environment has no OPENAI_API_KEY: the turn fails with `authentication`
+  // before any network. The failure arrives as events (error, then done {reason: "error"});
+  // agent/complete would answer it with status "error", not a JSON-RPC error.
+  const serverEnv = { ...process.env };
+  delete serverEnv.OPENAI_API_KEY;
+  const { session } = makeSession(env, { client: { env: serverEnv } });
+  t.after(() => session.dispose());
+  const a = await session.createAgent({ provider: "openai", model: "gpt-test" });
+  const r = await sendAndWait(session, a.agentId, "hi");
+  assert.equal(r.done.event.reason, "error");
+  const notices = a.model.items.filter((i) => i.kind === "notice" && i.turnId === r.turnId);
+  const detail = notices.find((n) => n.level === "error" && /^model error: authentication: .*OPENAI_API_KEY/.test(n.text));
+  assert.ok(detail, `the provider's message is shown: ${JSON.stringify(notices)}`);
+  assert.ok(notices.some((n) => n.level === "error" && n.text === "Turn ended with an error."));
+  assert.ok(notices.indexOf(detail) < notices.findIndex((n) => n.text === "Turn ended with an error."));
+  assert.equal(a.model.state, "READY", "the agent is ready for the next message");
+
+  // The same failure through agent/complete (the client library): a result, not a rejection.
+  const client = await session.start();
+  const c = await client.complete({ agentId: a.agentId, text: "again" });
+  assert.equal(c.status, "error");
+  assert.equal(c.error?.type, "authentication");
+  assert.equal(c.error?.retryable, false);
+});

@@ -17,6 +17,7 @@
 local rpc = require("kode.rpc")
 local chat = require("kode.chat")
 local approval = require("kode.approval")
+local errors = require("kode.errors")
 
 local M = {}
 
@@ -153,7 +154,7 @@ local function decide(agent_id, approval_id, decision, note)
     decision = decision,
     note = note,
   }, function(err)
-    if err and not (type(err) == "table" and err.code == -32011) then
+    if err and not errors.is(err, "ApprovalNotPending") then
       notify("agent/decide failed: " .. rpc.format_error(err), vim.log.levels.ERROR)
     end
   end)
