@@ -484,6 +484,8 @@ class Chat:
             reason = ev.get("reason", "completed")
             if reason != "completed":
                 t.line(t.yellow(f"[turn ended: {reason}]"))
+            if reason == "error":
+                self.failed = True  # `chat -m` exits 1 when a turn failed (a script can tell)
             self.any_done = True
             if env.get("turnId"):
                 self.finished.add(env["turnId"])

@@ -271,3 +271,13 @@ async def test_chat_against_a_local_openai_compatible_server(chat_env: dict[str,
     body = fake.requests[0].json
     assert body["model"] == "qwen2.5" and body["stream"] is True
     assert fake.requests[0].path == "/v1/chat/completions" and "authorization" not in fake.requests[0].headers
+
+
+def test_failed_turn_is_shown_and_exits_1(chat_env: dict[str, str]) -> None:
+    """A provider failure (no key) is shown, and `chat -m` exits 1 so a script can tell."""
+    env = dict(chat_env)
+    env.pop("OPENAI_API_KEY", None)
+    res = run_chat(env, "--provider", "openai", "--model", "gpt-4o", "-m", "hi", stdin="")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "authentication" in res.stdout and "OPENAI_API_KEY" in res.stdout
+    assert "[turn ended: error]" in res.stdout

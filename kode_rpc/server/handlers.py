@@ -240,8 +240,12 @@ class Session:
                 err = out.get("error")
                 error = None
                 if status == "error":
-                    error = (a.TurnError(type=err.type, message=err.message, retryable=err.retryable) if err is not None
-                             else a.TurnError(type="internal", message=f"the turn ended with {out['reason']}"))
+                    if err is not None:
+                        error = a.TurnError(type=err.type, message=err.message, retryable=err.retryable)
+                    elif out["reason"] == "max_steps":
+                        error = a.TurnError(type="max_steps", message="the turn reached its template's step limit")
+                    else:
+                        error = a.TurnError(type="internal", message="the turn failed inside the server (see its log)")
                 return a.CompleteResult(status=status, text=out["text"], turn_id=turn.id, last_seq=out["seq"],
                                         permission_ids=[], error=error)
             ids = [pa.approval_id for pa in agent.pending.values() if pa.request.get("turnId") == turn.id]
