@@ -22,7 +22,7 @@ class ClientCapabilities(WireModel):
 class InitializeParams(WireModel):
     protocol_version: int
     client_info: ClientInfo | None = None
-    process_id: int | None = None
+    process_id: int | None = Field(default=None, ge=0, le=2**32 - 1)
     workspace_folders: list[str] | None = None
     """Absolute paths; `file://` URIs (what LSP clients send) are accepted and converted."""
     capabilities: ClientCapabilities = Field(default_factory=ClientCapabilities)

@@ -20,7 +20,9 @@ two jobs in a page (measurement in docs/architecture.md).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -64,13 +66,47 @@ class RemoteError(Exception):
         self.error = error
 
 
+class OutOfRange:
+    """A JSON number no field can hold (`1e400`, an integer of thousands of digits), kept
+    as parsed so that validation names its field instead of failing the whole message."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text[:40]
+
+
+MAX_INT_DIGITS = 4000
+"""Python refuses to convert longer integers (its 4300-digit limit); none of our fields holds one."""
+
+
+def _parse_float(text: str) -> float | OutOfRange:
+    value = float(text)
+    return value if math.isfinite(value) else OutOfRange(text)
+
+
+def _parse_int(text: str) -> int | OutOfRange:
+    return OutOfRange(text) if len(text) > MAX_INT_DIGITS else int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(body: bytes) -> Any:
+    """Strict JSON: `NaN`/`Infinity` are not JSON (-32700); numbers out of any range
+    become `OutOfRange` markers for `bad_values` to report by field."""
+    return json.loads(body, parse_constant=_no_constant, parse_float=_parse_float, parse_int=_parse_int)
+
+
 def bad_strings(value: Any, path: str = "") -> list[dict[str, str]]:
-    """Every string (keys included) that holds a NUL byte or a lone surrogate, by wire path."""
+    """Every string (keys included) holding a NUL byte or a lone surrogate, and every
+    number out of range, by wire path: what the OS, SQLite and UTF-8 refuse."""
     found: list[dict[str, str]] = []
     stack: list[tuple[Any, str]] = [(value, path)]
     while stack:
         cur, where = stack.pop()
-        if isinstance(cur, str):
+        if isinstance(cur, OutOfRange):
+            found.append({"field": where or "params", "message": f"number out of range: {cur.text}"})
+        elif isinstance(cur, str):
             if "\x00" in cur:
                 found.append({"field": where or "params", "message": "string holds a NUL byte"})
             elif _SURROGATE.search(cur):

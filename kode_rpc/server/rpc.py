@@ -36,7 +36,7 @@ from ..protocol.errors import (
     RpcError,
 )
 from ..protocol.methods import REQUESTS
-from .dispatch import Dispatcher, Handler, RawResult, bad_strings
+from .dispatch import Dispatcher, Handler, RawResult, loads
 from .framing import BadFrame, Body, ContentLengthParser, NdjsonParser, TooLarge, encode_content_length, encode_ndjson
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class Connection:
 
     def _on_body(self, body: bytes) -> None:
         try:
-            msg = json.loads(body)
+            msg = loads(body)
         except RecursionError:
             self.send_error(None, RpcError(INVALID_REQUEST, f"JSON nested deeper than {MAX_DEPTH} levels", "too_deep"))
             return
@@ -207,8 +207,8 @@ class Connection:
                 self.send_error(_valid_id(msg_id), RpcError(INVALID_REQUEST, "not a request, notification or response", "invalid_request"))
             return
         method = msg["method"]
-        if has_id and (_valid_id(msg_id) is None or (isinstance(msg_id, str) and bad_strings(msg_id))):
-            self.send_error(None, RpcError(INVALID_REQUEST, "id must be a string (valid text) or an integer", "invalid_id"))
+        if has_id and _valid_id(msg_id) is None:
+            self.send_error(None, RpcError(INVALID_REQUEST, "id must be a string or an integer", "invalid_id"))
             return
         if not isinstance(method, str) or msg.get("jsonrpc") != "2.0":
             if has_id:

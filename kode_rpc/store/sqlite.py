@@ -86,7 +86,7 @@ def pid_alive(pid: int) -> bool:
         return _pid_alive_windows(pid)
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # a pid beyond pid_t exists nowhere
         return False
     except PermissionError:
         return True
