@@ -156,6 +156,8 @@ class Agent:
         self.pending: dict[str, PendingApproval] = {}
         self.decided: dict[str, dict[str, Any]] = {}
         self.runner: asyncio.Task[None] | None = None
+        self.executing = 0
+        """Tool calls running right now (a call may run while a sibling waits on approval)."""
         self.pins = 0
         """Requests using this agent right now; a pinned agent is never hibernated."""
         self.closing = False
@@ -522,11 +524,12 @@ class Agent:
                 call.state = "APPROVED"
                 self._store_call(turn, run, "approved")
             async with self._sem:
-                self._set_breakpoint("PRE_TOOL", turn.id)
+                self._tool_breakpoint("PRE_TOOL", turn.id)
                 call.state = "EXECUTING"
                 call.started_at = now_iso()
                 self._store_call(turn, run, "executing")
-                self._set_breakpoint("TOOL_EXECUTING", turn.id)
+                self.executing += 1
+                self._tool_breakpoint("TOOL_EXECUTING", turn.id)
                 run.started = time.monotonic()
                 run.executed = True
                 ctx = CallContext(self, turn, run)
@@ -542,6 +545,7 @@ class Agent:
                     await self._finish_call(turn, run, "FAILED", ToolResult.fail(call.error, "tool_error"))
                     return
                 finally:
+                    self.executing -= 1
                     ctx.flush()
             await self._finish_call(turn, run, "COMPLETED" if result.ok else "FAILED", result)
         except asyncio.CancelledError:
@@ -620,7 +624,13 @@ class Agent:
                 turn.paused.clear()
             if self.state == "PAUSED":
                 self._set_state("WORKING", turn_id)
-                self._set_breakpoint("PRE_TOOL", turn_id)
+                self._set_breakpoint("TOOL_EXECUTING" if self.executing else "PRE_TOOL", turn_id)
+
+    def _tool_breakpoint(self, bp: str, turn_id: str) -> None:
+        """A call's own breakpoint, unless a sibling call waits on an approval: the agent is
+        PAUSED at AWAITING_APPROVAL until every pending approval is answered (contract 5)."""
+        if not self.pending:
+            self._set_breakpoint(bp, turn_id)
 
     async def decide(self, approval_id: str, decision: str, note: str | None, remember: bool, by: str) -> asyncio.Future[None]:
         """Record the first answer to an approval; later answers get -32011."""
@@ -797,7 +807,7 @@ class Agent:
         await self.persist()
 
     def _executing(self) -> bool:
-        return self.breakpoint == "TOOL_EXECUTING"
+        return self.executing > 0
 
 
 def redact_result(result: ToolResult) -> ToolResult:
