@@ -47,11 +47,13 @@ def register(value: str | None) -> None:
         _escaped[value] = escaped
 
 
-def register_env(env: Mapping[str, str], names: Iterable[str] = ()) -> None:
-    """Register the values of every secret-named variable in `env`, and of `names`."""
+def register_env(env: Mapping[str, str], names: Iterable[str] = (), allowed: Iterable[str] = ()) -> None:
+    """Register the values of every secret-named variable in `env`, and of `names`;
+    `allowed` (`[sandbox] envAllow`) are variables the user shares with tools on purpose."""
     wanted = set(names)
+    shared = set(allowed) - wanted
     for name, value in env.items():
-        if is_secret_name(name) or name in wanted:
+        if name in wanted or (is_secret_name(name) and name not in shared):
             register(value)
 
 

@@ -167,10 +167,12 @@ class Agent:
         self.last_active = time.monotonic()
         sandbox = self.config.sandbox
         assert sandbox is not None, "the pool always resolves a sandbox"
-        self.sandbox = LocalSandbox(sandbox.work_dir, sandbox.allow_paths, sandbox.enforce_boundary)
         key_env = self.config.model.api_key_env if self.config.model else None
         if key_env:
             secrets.register(os.environ.get(key_env))
+        self.sandbox = LocalSandbox(sandbox.work_dir, sandbox.allow_paths, sandbox.enforce_boundary,
+                                    env_remove=[*svc.settings.key_env_names(), *([key_env] if key_env else [])],
+                                    env_allow=svc.settings.env_allow)
         secrets.register_dotenv(self.sandbox.work_dir)
         self.shells = ShellRegistry()
         self._sem = asyncio.Semaphore(svc.tool_concurrency)

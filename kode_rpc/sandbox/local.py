@@ -31,10 +31,10 @@ import stat
 import sys
 
 from .base import BoundaryError, Sandbox
+from .env import child_env, restore_frozen
 
 log = logging.getLogger(__name__)
 
-_LIB_PATH_VARS = ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH")
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
@@ -49,29 +49,19 @@ HAS_DIR_FD = (
     and bool(_NOFOLLOW)
 )
 """True where `open_fd` can walk component by component (Linux, macOS, BSDs)."""
-_SWAP_ERRNOS = {errno.ELOOP, errno.ENOTDIR, getattr(errno, "EMLINK", errno.ELOOP), getattr(errno, "EFTYPE", errno.ELOOP)}
+_LOOP_ERRNOS = (
+    {errno.ELOOP}
+    | ({errno.EMLINK} if sys.platform.startswith(("freebsd", "dragonfly")) else set())
+    | ({errno.EFTYPE} if hasattr(errno, "EFTYPE") else set())  # NetBSD
+)
+"""What an O_NOFOLLOW open of a symlink fails with (ELOOP on Linux and macOS)."""
 
 
 def restore_env(env: dict[str, str], frozen: bool) -> dict[str, str]:
-    """Return a copy of `env` with the library path a frozen bundle overrode put back.
-
-    PyInstaller prepends its bundle directory to `LD_LIBRARY_PATH` (keeping the
-    user's value in `LD_LIBRARY_PATH_ORIG`); tool subprocesses inheriting the
-    bundle's libraries can crash or load the wrong `libssl`. When not frozen the
-    environment is the user's own and is returned unchanged (as a copy).
-    """
+    """A copy of `env` with a frozen bundle's overrides undone (see `env.restore_frozen`);
+    unchanged (as a copy) when not frozen."""
     out = dict(env)
-    if not frozen:
-        return out
-    for key in [k for k in out if k.startswith("_PYI_") or k == "_MEIPASS2"]:
-        del out[key]  # PyInstaller's own bookkeeping: a frozen program a tool starts must start fresh
-    for var in _LIB_PATH_VARS:
-        orig = out.pop(f"{var}_ORIG", None)
-        if orig is not None:
-            out[var] = orig
-        else:
-            out.pop(var, None)
-    return out
+    return restore_frozen(out) if frozen else out
 
 
 def _kind(entry: os.DirEntry[str]) -> str:
@@ -85,11 +75,38 @@ def _kind(entry: os.DirEntry[str]) -> str:
     return "other"
 
 
-def _is_symlink_at(dir_fd: int, name: str) -> bool:
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except OSError:
+def _swapped(exc: OSError, dir_fd: int, name: str) -> bool:
+    """Whether a failed no-follow open of `name` met a symlink where the checked path had none.
+
+    ELOOP (EMLINK, EFTYPE on BSDs) from a single-component O_NOFOLLOW open can only
+    mean a symlink. ENOTDIR means a symlink or a plain file where a directory was
+    expected; only a plain file that is still there is a genuine "not a directory".
+    """
+    if exc.errno in _LOOP_ERRNOS:
+        return True
+    if exc.errno != errno.ENOTDIR:
         return False
+    try:
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except OSError:
+        return True  # gone again: it changed under us
+    return stat.S_ISLNK(mode) or stat.S_ISDIR(mode)
+
+
+def _realpath(given: str, joined: str, attempts: int = 3) -> str:
+    """`os.path.realpath`, tolerating a path that changes while it is resolved.
+
+    realpath lstat()s a component and then readlink()s it; if a symlink is
+    swapped for a file in between, readlink fails (EINVAL, ENOENT). That is a
+    race, not an I/O error: try again, and refuse (BoundaryError) if the path
+    keeps changing.
+    """
+    for _ in range(attempts):
+        try:
+            return os.path.realpath(joined)
+        except OSError:
+            continue
+    raise BoundaryError(given, joined, f"path kept changing while it was resolved: {given}; refused")
 
 
 def _is_within(path: str, root: str) -> bool:
@@ -110,7 +127,13 @@ class LocalSandbox(Sandbox):
         work_dir: str,
         allow_paths: list[str] | None = None,
         enforce_boundary: bool = True,
+        env_remove: list[str] | None = None,
+        env_allow: list[str] | None = None,
     ) -> None:
+        self.env_remove = list(env_remove or [])
+        """Variables no child process may see (the agent's `apiKeyEnv`, configured key variables)."""
+        self.env_allow = list(env_allow or [])
+        """Secret-looking variables let through on purpose (`[sandbox] envAllow`)."""
         # The real path is stored so relative results (glob, grep) and the check
         # itself compare like with like even when work_dir is reached via a symlink.
         self.work_dir = os.path.realpath(os.path.abspath(work_dir))
@@ -125,7 +148,7 @@ class LocalSandbox(Sandbox):
         rather than the user's home directory.
         """
         joined = os.path.join(self.work_dir, path)  # an absolute `path` replaces work_dir
-        resolved = os.path.realpath(joined)
+        resolved = _realpath(path, joined)
         if not self.enforce_boundary:
             return resolved
         for root in self._roots:
@@ -203,7 +226,7 @@ class LocalSandbox(Sandbox):
                     pass  # made meanwhile by someone else: the open below checks what it is
                 return os.open(name, flags, mode, dir_fd=dir_fd)
         except OSError as exc:
-            if exc.errno in _SWAP_ERRNOS and _is_symlink_at(dir_fd, name):
+            if _swapped(exc, dir_fd, name):
                 raise BoundaryError(
                     given, real, f"path changed while it was being opened (a symlink appeared at {name!r}): "
                     f"{given}; refused",
@@ -214,11 +237,17 @@ class LocalSandbox(Sandbox):
         """Fallback without `dir_fd`: open by name, then prove the descriptor is the checked file."""
         if makedirs:
             os.makedirs(os.path.dirname(real), exist_ok=True)
-        fd = os.open(real, flags | _NOFOLLOW | _BINARY, mode)
+        try:
+            fd = os.open(real, flags | _NOFOLLOW | _BINARY, mode)
+        except OSError as exc:
+            if exc.errno in _LOOP_ERRNOS:
+                raise BoundaryError(given, real, f"path changed while it was being opened: {given}; refused") from None
+            raise
         try:
             opened = os.fstat(fd)
             now = os.lstat(real)
-            if stat.S_ISLNK(now.st_mode) or not os.path.samestat(opened, now) or os.path.realpath(real) != real:
+            moved = os.path.normcase(os.path.realpath(real)) != os.path.normcase(real)
+            if stat.S_ISLNK(now.st_mode) or not os.path.samestat(opened, now) or moved:
                 raise BoundaryError(given, real, f"path changed while it was being opened: {given}; refused")
         except BaseException:
             os.close(fd)
@@ -226,5 +255,5 @@ class LocalSandbox(Sandbox):
         return fd
 
     def child_env(self) -> dict[str, str]:
-        """The user's environment for tool subprocesses (undoing a frozen bundle's overrides)."""
-        return restore_env(dict(os.environ), bool(getattr(sys, "frozen", False)))
+        """The environment for tool subprocesses: the user's, without secrets (`env.child_env`)."""
+        return child_env(remove=self.env_remove, allow=self.env_allow)

@@ -43,7 +43,7 @@ class App:
     async def run(self, proto_out: object) -> int:
         os.makedirs(self.data_dir, exist_ok=True)
         settings = load_settings()
-        secrets.register_env(os.environ, settings.key_env_names())
+        secrets.register_env(os.environ, settings.key_env_names(), settings.env_allow)
         self.store = SQLiteStore(os.path.join(self.data_dir, "kode.db"))
         await self.store.open()
         events = EventLog(self.store)

@@ -1,9 +1,17 @@
 """File tools: read, write, edit, multi-edit, glob and grep inside the sandbox.
 
-Every path goes through `ctx.sandbox.resolve` (symlinks followed, boundary
-checked) before it is touched. Blocking file I/O runs in a worker thread so a big
-grep never stalls the event loop; events (`file_changed`) are emitted back on the
-loop thread after the work is done.
+Every path goes through the sandbox: `resolve` (symlinks followed, boundary
+checked) for the path a result names, and `open_fd` / `list_dir` for every byte
+read, written or listed. The latter open the checked real path without following
+any symlink, so a path swapped for a symlink between the check and the use (by a
+background `bash_run`, say) is refused instead of leading outside.
+
+Blocking file I/O runs in a worker thread so a big grep never stalls the event
+loop; events (`file_changed`) are emitted back on the loop thread after the work
+is done. Walks (glob, grep) are bounded: a pattern or path leading outside is
+refused before anything is listed, a walk stops at its result limit and at
+`WALK_BUDGET_S`, and when the awaiting task is cancelled (an interrupt) the thread
+is told to stop too, since a thread cannot be cancelled from outside.
 
 Files are decoded as UTF-8 with `surrogateescape` when they are going to be
 written back, so an edit of a file with a few invalid bytes leaves those bytes
@@ -14,10 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import glob as globmod
+import fnmatch
 import logging
 import os
 import re
+import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,7 +47,12 @@ DEFAULT_READ_LIMIT = 2000
 DIFF_LIMIT = 20_000
 GREP_LINE_LIMIT = 500
 SKIP_DIRS = frozenset({".git", "node_modules"})
-
+WALK_BUDGET_S = 10.0
+"""Longest a glob or grep walks before returning what it has (marked truncated):
+a legal pattern over a huge tree must still end the turn in reasonable time."""
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+"""Opening a FIFO for reading blocks until a writer comes; non-blocking, it opens
+at once and is then refused as not a regular file."""
 
 
 class _Fail(Exception):
@@ -47,11 +63,47 @@ class _Fail(Exception):
         self.result = ToolResult.fail(message, error_type, data=data)
 
 
-async def _guarded(fn: Callable[..., dict[str, Any]], *args: Any) -> ToolResult:
+class _Cancelled(Exception):
+    """Raised inside a worker thread whose awaiting task was cancelled; nobody reads the result."""
+
+
+class _Budget:
+    """How far a walk may go: until `seconds` have passed or the awaiting task is cancelled.
+
+    A cancelled `asyncio.to_thread` only abandons the thread, which would go on
+    walking (holding an executor worker and burning CPU); the walk polls this
+    instead, between directory entries and every few hundred lines.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.cancelled = threading.Event()
+        self.timed_out = False
+
+    def spent(self) -> bool:
+        """True once the time is up; raises _Cancelled once the task is gone."""
+        if self.cancelled.is_set():
+            raise _Cancelled()
+        if not self.timed_out and time.monotonic() >= self.deadline:
+            self.timed_out = True
+        return self.timed_out
+
+    def note(self, what: str) -> str:
+        return (f"stopped after the {self.seconds:g} s time budget; {what} are partial: "
+                "narrow the pattern or the directory")
+
+
+async def _guarded(fn: Callable[..., dict[str, Any]], *args: Any, budget: _Budget | None = None) -> ToolResult:
     """Run blocking `fn` in a thread: its dict is the `data` of an ok result, and
-    expected failures become failed results."""
+    expected failures become failed results. Cancelling the caller also stops a
+    walk that polls `budget`."""
     try:
         return ToolResult(ok=True, data=await asyncio.to_thread(fn, *args))
+    except asyncio.CancelledError:
+        if budget is not None:
+            budget.cancelled.set()
+        raise
     except _Fail as exc:
         return exc.result
     except BoundaryError as exc:
@@ -60,6 +112,8 @@ async def _guarded(fn: Callable[..., dict[str, Any]], *args: Any) -> ToolResult:
         return ToolResult.fail(f"file not found: {exc.filename or exc}", "not_found")
     except IsADirectoryError as exc:
         return ToolResult.fail(f"is a directory: {exc.filename or exc}", "invalid_input")
+    except NotADirectoryError as exc:
+        return ToolResult.fail(f"file not found (a parent is not a directory): {exc.filename or exc}", "not_found")
     except PermissionError as exc:
         return ToolResult.fail(f"permission denied: {exc.filename or exc}", "permission_denied")
     except OSError as exc:
@@ -88,36 +142,69 @@ def _encode(text: str) -> bytes:
         return text.encode("utf-8", "replace")
 
 
-def _check_regular_file(path: str, given: str) -> None:
-    if not os.path.exists(path):  # also a dangling symlink
-        raise _Fail(f"file not found: {given}", "not_found")
-    if os.path.isdir(path):
-        raise _Fail(f"is a directory, not a file: {given}", "invalid_input")
+def _open_regular(sandbox: Sandbox, path: str, given: str) -> int:
+    """Descriptor of the regular file at `path`, opened through the sandbox (see module docstring).
+
+    What is checked (regular file, not a directory) is the opened descriptor, not
+    the name, so the check cannot be raced either.
+    """
+    try:
+        fd = sandbox.open_fd(path, os.O_RDONLY | _NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):  # also a dangling symlink
+        raise _Fail(f"file not found: {given}", "not_found") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise _Fail(f"is a directory, not a file: {given}", "invalid_input")
+        if not stat.S_ISREG(mode):
+            raise _Fail(f"not a regular file: {given}", "invalid_input")
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _is_binary_head(head: bytes) -> bool:
     return b"\x00" in head
 
 
-def _load_text(path: str, given: str) -> str:
+def _load_text(sandbox: Sandbox, path: str, given: str) -> str:
     """Whole file as text for editing (round-trippable decoding); refuses binary files."""
-    _check_regular_file(path, given)
-    with open(path, "rb") as fh:
+    with os.fdopen(_open_regular(sandbox, path, given), "rb") as fh:
         data = fh.read()
     if _is_binary_head(data[:SNIFF_BYTES]):
         raise _Fail(f"refusing to edit a binary file: {given}", "binary")
     return data.decode("utf-8", "surrogateescape")
 
 
-def _write_text(path: str, text: str) -> int:
-    """Write `text` (creating parent directories); returns the byte count."""
+def _write_text(sandbox: Sandbox, path: str, text: str, given: str) -> tuple[int, bool]:
+    """Write `text` (creating parent directories); returns (byte count, whether the file was created).
+
+    The file is opened through the sandbox and truncated only after its
+    descriptor proved to be a regular file, so neither a swapped-in symlink nor
+    a FIFO or device is ever written. Writing in place (not via a temporary
+    file) keeps the file's mode, owner and hard links as an editor would.
+    """
     data = _encode(text)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    with open(path, "wb") as fh:
+    try:
+        fd = sandbox.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NONBLOCK, 0o666, makedirs=True)
+        created = True
+    except FileExistsError:
+        try:
+            fd = sandbox.open_fd(path, os.O_WRONLY | _NONBLOCK)
+        except IsADirectoryError:
+            raise _Fail(f"is a directory, not a file: {given}", "invalid_input") from None
+        created = False
+    with os.fdopen(fd, "wb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Fail(f"not a regular file: {given}", "invalid_input")
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
+        fh.truncate(0)
         fh.write(data)
-    return len(data)
+    return len(data), created
 
 
 def _apply_edit(content: str, old: str, new: str, replace_all: bool, given: str) -> tuple[str, int]:
@@ -180,13 +267,15 @@ def _truncate_diff(text: str) -> str:
     return text[: DIFF_LIMIT - len(marker)] + marker
 
 
-def _read_existing(path: str) -> str | None:
-    """Current text of `path` for a diff, or None if it does not exist (or is too big to diff)."""
-    if not os.path.isfile(path):
+def _read_existing(sandbox: Sandbox, path: str) -> str | None:
+    """Current text of `path` for a diff, or None if it is not an existing regular file."""
+    try:
+        fd = _open_regular(sandbox, path, path)
+    except _Fail:
         return None
-    if os.path.getsize(path) > BIG_FILE_BYTES:
-        raise _Fail("file too large to diff", "too_large")
-    with open(path, "rb") as fh:
+    with os.fdopen(fd, "rb") as fh:
+        if os.fstat(fd).st_size > BIG_FILE_BYTES:
+            raise _Fail("file too large to diff", "too_large")
         return fh.read().decode("utf-8", "surrogateescape")
 
 
@@ -234,9 +323,8 @@ class FsReadTool(Tool):
     @staticmethod
     def _read(sandbox: Sandbox, args: FsReadInput) -> dict[str, Any]:
         path = sandbox.resolve(args.path)
-        _check_regular_file(path, args.path)
         start = args.offset - 1
-        with open(path, "rb") as fh:
+        with os.fdopen(_open_regular(sandbox, path, args.path), "rb") as fh:
             if _is_binary_head(fh.read(SNIFF_BYTES)):
                 raise _Fail(f"refusing to read a binary file: {args.path}", "binary")
             fh.seek(0)
@@ -283,10 +371,7 @@ class FsWriteTool(Tool):
     @staticmethod
     def _write(sandbox: Sandbox, args: FsWriteInput) -> dict[str, Any]:
         path = sandbox.resolve(args.path)
-        if os.path.isdir(path):
-            raise _Fail(f"is a directory, not a file: {args.path}", "invalid_input")
-        created = not os.path.exists(path)
-        written = _write_text(path, args.content)
+        written, created = _write_text(sandbox, path, args.content, args.path)
         return {"path": path, "bytes": written, "created": created}
 
     def subject(self, args: Any, sandbox: Sandbox) -> dict[str, Any]:
@@ -296,7 +381,7 @@ class FsWriteTool(Tool):
         diff = ""
         try:
             if ok:
-                diff = _diff(path, _read_existing(path), _field(args, "content"))
+                diff = _diff(path, _read_existing(sandbox, path), _field(args, "content"))
         except Exception:
             log.debug("fs_write subject diff failed for %s", path, exc_info=True)
         return {"type": "file_change", "path": path, "diff": diff}
@@ -343,9 +428,9 @@ class FsEditTool(Tool):
     @staticmethod
     def _edit(sandbox: Sandbox, args: FsEditInput) -> dict[str, Any]:
         path = sandbox.resolve(args.path)
-        content = _load_text(path, args.path)
+        content = _load_text(sandbox, path, args.path)
         new_content, count = _apply_edit(content, args.old_string, args.new_string, args.replace_all, args.path)
-        _write_text(path, new_content)
+        _write_text(sandbox, path, new_content, args.path)
         return {"path": path, "replacements": count}
 
     def subject(self, args: Any, sandbox: Sandbox) -> dict[str, Any]:
@@ -355,7 +440,7 @@ class FsEditTool(Tool):
         diff = ""
         try:
             if ok:
-                old = _load_text(path, given)
+                old = _load_text(sandbox, path, given)
                 new, _ = _apply_edit(
                     old,
                     _field(args, "old_string"),
@@ -399,7 +484,7 @@ def _plan_multi(sandbox: Sandbox, edits: list[EditSpec]) -> tuple[dict[str, str]
         try:
             path = sandbox.resolve(edit.path)
             if path not in current:
-                originals[path] = current[path] = _load_text(path, edit.path)
+                originals[path] = current[path] = _load_text(sandbox, path, edit.path)
             current[path], count = _apply_edit(
                 current[path], edit.old_string, edit.new_string, edit.replace_all, edit.path
             )
@@ -439,16 +524,17 @@ class FsMultiEditTool(Tool):
         written: list[str] = []
         try:
             for path, text in current.items():
-                _write_text(path, text)
+                _write_text(sandbox, path, text, path)
                 written.append(path)
-        except OSError as exc:
+        except (OSError, BoundaryError, _Fail) as exc:
             # Keep the all-or-nothing promise even when a write fails half-way.
-            for path in written:
+            for done in written:
                 try:
-                    _write_text(path, originals[path])
-                except OSError:
-                    log.warning("could not roll back %s after a failed multi-edit", path)
-            raise _Fail(f"writing {path} failed: {exc}; earlier files were restored", "io_error") from None
+                    _write_text(sandbox, done, originals[done], done)
+                except (OSError, BoundaryError, _Fail):
+                    log.warning("could not roll back %s after a failed multi-edit", done)
+            error_type = "boundary" if isinstance(exc, BoundaryError) else "io_error"
+            raise _Fail(f"writing {path} failed: {exc}; earlier files were restored", error_type) from None
         return {"files": written, "replacements": total}
 
     def subject(self, args: Any, sandbox: Sandbox) -> dict[str, Any]:
@@ -474,6 +560,124 @@ class FsMultiEditTool(Tool):
         return super().preview(args)
 
 
+# ---------------------------------------------------------------- walking (glob, grep)
+
+
+_MAGIC = re.compile(r"[*?[]")
+_SEPARATORS = re.compile(r"[\\/]" if os.sep == "\\" else "/")
+
+
+def _split_pattern(pattern: str) -> tuple[str, list[str], bool]:
+    """Split a glob pattern into its literal leading directory and the segments left to match.
+
+    Returns (literal prefix, wildcard segments, whether only directories match).
+    The literal prefix (everything before the first segment with a wildcard) is
+    resolved and checked before anything is listed: that is how `/**` or
+    `../**` is refused at once rather than walked and filtered afterwards.
+    """
+    dironly = bool(_SEPARATORS.match(pattern[-1:]))
+    drive, rest = os.path.splitdrive(pattern)
+    anchor = drive + os.sep if os.path.isabs(pattern) else drive
+    parts = [p for p in _SEPARATORS.split(rest) if p not in ("", ".")]
+    literal: list[str] = []
+    while parts and not _MAGIC.search(parts[0]):
+        literal.append(parts.pop(0))
+    # `**/**` means what `**` means; collapsing keeps the walk's state sets small.
+    segments = [p for i, p in enumerate(parts) if not (p == "**" and i and parts[i - 1] == "**")]
+    return os.path.join(anchor, *literal) if (anchor or literal) else ".", segments, dironly
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _segment_matches(name: str, segment: str) -> bool:
+    """fnmatch as glob does it: a wildcard matches a hidden name only if the segment starts with '.'."""
+    if _hidden(name) and not _hidden(segment):
+        return False
+    return fnmatch.fnmatch(name, segment)
+
+
+def _symlink_target_ok(sandbox: Sandbox, path: str, dironly: bool) -> bool:
+    """A symlink is listed only if it resolves inside the sandbox (it is listed, never followed)."""
+    try:
+        real = sandbox.resolve(path)
+    except BoundaryError:
+        return False
+    return os.path.isdir(real) if dironly else os.path.lexists(real)
+
+
+def _glob_walk(sandbox: Sandbox, base: str, segments: list[str], dironly: bool, budget: _Budget) -> Iterator[str]:
+    """Paths (as `base` joined with entry names) below directory `base` matching `segments`.
+
+    One pass over the tree: each directory is listed once, carrying the set of
+    pattern positions still to match there (an NFA over the segments), so no
+    pattern, however many `**` it has, makes the walk more than linear in the tree.
+    Directories are listed through the sandbox's descriptors and symlinked
+    directories are never descended (each is listed as an entry, if it resolves
+    inside). Stops quietly when the budget is spent; the caller reports it.
+    """
+    last = len(segments) - 1
+
+    def closure(states: set[int]) -> frozenset[int]:
+        # `**` also matches zero directories: the next segment may match right here.
+        return frozenset(states | {i + 1 for i in states if segments[i] == "**" and i < last})
+
+    stack = [(base, closure({0}))]
+    while stack:
+        directory, states = stack.pop()
+        try:
+            entries = sorted(sandbox.list_dir(directory))
+        except (OSError, BoundaryError):
+            log.debug("glob: cannot list %s", directory, exc_info=True)
+            continue
+        below: list[tuple[str, frozenset[int]]] = []
+        for name, kind in entries:
+            if budget.spent():
+                return
+            hit = False
+            next_states: set[int] = set()
+            for i in states:
+                if segments[i] == "**":
+                    if not _hidden(name):
+                        next_states.add(i)
+                        hit = hit or i == last
+                elif _segment_matches(name, segments[i]):
+                    if i == last:
+                        hit = True
+                    else:
+                        next_states.add(i + 1)
+            path = os.path.join(directory, name)
+            if hit and (
+                kind == "dir"
+                or (kind == "symlink" and _symlink_target_ok(sandbox, path, dironly))
+                or (kind != "symlink" and not dironly)
+            ):
+                yield path
+            if next_states and kind == "dir":
+                below.append((path, closure(next_states)))
+        stack.extend(reversed(below))
+
+
+def _walk_files(sandbox: Sandbox, root: str, budget: _Budget) -> Iterator[str]:
+    """Files (and symlinks, checked when opened) below `root`, in `os.walk`'s sorted top-down order.
+
+    .git and node_modules are skipped and symlinked directories are not descended.
+    """
+    stack = [root]
+    while stack and not budget.spent():
+        directory = stack.pop()
+        try:
+            entries = sorted(sandbox.list_dir(directory))
+        except (OSError, BoundaryError):
+            log.debug("grep: cannot list %s", directory, exc_info=True)
+            continue
+        for name, kind in entries:
+            if kind in ("file", "symlink"):
+                yield os.path.join(directory, name)
+        stack.extend(os.path.join(directory, n) for n, k in reversed(entries) if k == "dir" and n not in SKIP_DIRS)
+
+
 # ---------------------------------------------------------------- fs_glob
 
 
@@ -489,34 +693,56 @@ class FsGlobTool(Tool):
     name = "fs_glob"
     description = (
         "List files matching a glob pattern (recursive '**' supported). Paths are returned sorted, "
-        "relative to the work directory."
+        "relative to the work directory. Symlinked directories are not descended."
     )
     input_model = FsGlobInput
     readonly = True
 
     async def run(self, ctx: ToolContext, args: FsGlobInput) -> ToolResult:
-        return await _guarded(self._glob, ctx.sandbox, args)
+        budget = _Budget(WALK_BUDGET_S)
+        return await _guarded(self._glob, ctx.sandbox, args, budget, budget=budget)
 
     @staticmethod
-    def _glob(sandbox: Sandbox, args: FsGlobInput) -> dict[str, Any]:
+    def _glob(sandbox: Sandbox, args: FsGlobInput, budget: _Budget) -> dict[str, Any]:
         root = sandbox.resolve(args.cwd or ".")
         if not os.path.isdir(root):
             raise _Fail(f"directory not found: {args.cwd}", "not_found")
+        if not args.pattern:
+            return {"matches": [], "truncated": False}
+        literal, segments, dironly = _split_pattern(args.pattern)
+        if ".." in segments:
+            raise _Fail(
+                f"'..' after a wildcard could lead outside the sandbox: {args.pattern}; "
+                "put '..' only before the first wildcard (or use cwd)",
+                "boundary",
+            )
+        base = os.path.join(root, literal)  # an absolute pattern replaces root
+        try:
+            sandbox.resolve(base)
+        except BoundaryError as exc:  # the pattern leads outside: refused, nothing is listed
+            raise BoundaryError(
+                args.pattern, exc.resolved,
+                f"pattern leads outside the sandbox: {args.pattern} ({literal} resolves to {exc.resolved})",
+            ) from None
         real_work_dir = os.path.realpath(sandbox.work_dir)
+        if not segments:  # no wildcard: the pattern names one path
+            real = sandbox.resolve(base)
+            found = os.path.isdir(real) if dironly else os.path.lexists(real)
+            return {"matches": [_display(base, real_work_dir)] if found else [], "truncated": False}
         matches: list[str] = []
-        truncated = False
-        for match in globmod.iglob(args.pattern, root_dir=root, recursive=True):
-            full = os.path.join(root, match)
-            try:
-                sandbox.resolve(full)
-            except BoundaryError:
-                continue  # a symlink or '..' leading out of the sandbox
+        note = None
+        for path in _glob_walk(sandbox, base, segments, dironly, budget):
             if len(matches) >= args.limit:
-                truncated = True
+                note = f"stopped at limit={args.limit} matches; more exist: narrow the pattern or raise limit"
                 break
-            matches.append(_display(full, real_work_dir))
+            matches.append(_display(path, real_work_dir))
+        if budget.timed_out:
+            note = budget.note("matches")
         matches.sort()
-        return {"matches": matches, "truncated": truncated}
+        out: dict[str, Any] = {"matches": matches, "truncated": note is not None}
+        if note:
+            out["note"] = note
+        return out
 
 
 # ---------------------------------------------------------------- fs_grep
@@ -541,55 +767,59 @@ class FsGrepTool(Tool):
     input_model = FsGrepInput
     readonly = True
 
+    LINES_PER_BUDGET_CHECK = 256
+
     async def run(self, ctx: ToolContext, args: FsGrepInput) -> ToolResult:
         flags = 0 if args.case_sensitive else re.IGNORECASE
         try:
             rx = re.compile(args.pattern if args.regex else re.escape(args.pattern), flags)
         except re.error as exc:
             return ToolResult.fail(f"invalid regular expression: {exc}", "invalid_input")
-        return await _guarded(self._grep, ctx.sandbox, args, rx)
-
-    @staticmethod
-    def _files(root: str) -> Iterator[str]:
-        if os.path.isfile(root):
-            yield root
-            return
-        for dirpath, dirnames, filenames in os.walk(root):  # symlinked dirs are not descended
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-            for name in sorted(filenames):
-                yield os.path.join(dirpath, name)
+        budget = _Budget(WALK_BUDGET_S)
+        return await _guarded(self._grep, ctx.sandbox, args, rx, budget, budget=budget)
 
     @classmethod
-    def _grep(cls, sandbox: Sandbox, args: FsGrepInput, rx: re.Pattern[str]) -> dict[str, Any]:
-        root = sandbox.resolve(args.path or ".")
-        if not os.path.exists(root):
-            raise _Fail(f"path not found: {args.path}", "not_found")
+    def _grep(cls, sandbox: Sandbox, args: FsGrepInput, rx: re.Pattern[str], budget: _Budget) -> dict[str, Any]:
+        root = sandbox.resolve(args.path or ".")  # BoundaryError here: refused before any walk
+        try:
+            fd = sandbox.open_fd(root, os.O_RDONLY | _NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError):
+            raise _Fail(f"path not found: {args.path}", "not_found") from None
+        try:
+            is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
         real_work_dir = os.path.realpath(sandbox.work_dir)
         matches: list[dict[str, Any]] = []
-        for file in cls._files(root):
+        for file in _walk_files(sandbox, root, budget) if is_dir else iter([root]):
+            if budget.spent():
+                break
             try:
-                real = sandbox.resolve(file)
-            except BoundaryError:
-                continue  # a symlinked file pointing out of the sandbox
-            if not os.path.isfile(real):
-                continue
+                fd = _open_regular(sandbox, file, file)
+            except (_Fail, BoundaryError, OSError):
+                continue  # not a regular file, a symlink leading out, or swapped meanwhile
             try:
-                with open(real, "rb") as fh:
+                with os.fdopen(fd, "rb") as fh:
                     if _is_binary_head(fh.read(SNIFF_BYTES)):
                         continue
                     fh.seek(0)
                     for lineno, raw in enumerate(fh, 1):
+                        if lineno % cls.LINES_PER_BUDGET_CHECK == 0 and budget.spent():
+                            break
                         line = raw.decode("utf-8", "replace").rstrip("\r\n")
                         if not rx.search(line):
                             continue
                         if len(matches) >= args.max_results:
-                            return {"matches": matches, "truncated": True}
+                            return {"matches": matches, "truncated": True,
+                                    "note": f"stopped at max_results={args.max_results}; more matches exist"}
                         matches.append(
                             {"path": _display(file, real_work_dir), "line": lineno, "text": line[:GREP_LINE_LIMIT]}
                         )
             except OSError:
-                log.debug("grep: cannot read %s", real, exc_info=True)
+                log.debug("grep: cannot read %s", file, exc_info=True)
                 continue
+        if budget.timed_out:
+            return {"matches": matches, "truncated": True, "note": budget.note("matches")}
         return {"matches": matches, "truncated": False}
 
 
