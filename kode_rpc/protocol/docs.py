@@ -67,6 +67,9 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
 - **`agent/complete`** maps `done.reason` to `status`: `completed` -> `ok`;
   `interrupted` and `budget_exceeded` -> `interrupted`; `error` and `max_steps` ->
   `error`. `text` is the non-empty texts of the turn's model steps joined by a blank line.
+  A failed turn is a result, never a JSON-RPC error: `status: "error"` with `error:
+  {type, message, retryable}`; `type` is the provider error type (`-32020` vocabulary),
+  `max_steps` for the step limit, or `internal` for the server's own fault.
 - **`agent/interrupt`** ends the running turn only; sends queued behind it still run. An
   agent not in memory is not loaded (`{interrupted: false}`). Running tool calls end
   `FAILED` (`errorType: "interrupted"`); calls waiting on approval end `DENIED`.
@@ -90,7 +93,24 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
 - **Tool results** are `{ok, data?, error?, errorType?, retryable?}`. `errorType` values:
   `boundary`, `not_found`, `ambiguous`, `invalid_input`, `binary`, `timeout`,
   `exit_code`, `denied`, `interrupted`, `sealed`, `unknown_tool`, `tool_error`, `io`.
-  `tool:output` limits count UTF-8 bytes.
+  `tool:output` limits count UTF-8 bytes. Secret values (docs/security.md) in results,
+  output and events are replaced by `[REDACTED]`; while secrets are known, the last
+  characters of a tool's output stream are held back until more output or the call's end.
+- **`fs_glob` / `fs_grep`** refuse a pattern, `cwd` or `path` that leads outside the
+  sandbox before any walk (`errorType: "boundary"`). Walks do not descend symlinked
+  directories and stop at `limit` / `max_results` or after 10 s, with `truncated: true`
+  and a `note` saying why; `agent/interrupt` stops them at once. File tools open what
+  they checked by descriptor, never following a symlink swapped in afterwards.
+- **Agent state after a crash** follows from what is stored: an agent with pending
+  approvals is `PAUSED` at `AWAITING_APPROVAL` (also while a sibling call of the same
+  step runs) until every one is answered. `store/consistency` does not count a
+  `tool_use` of a turn that has not ended as missing its result (a step's results are
+  appended together when its last call ends).
+- **Bad input.** Params are checked once, before their model: a NUL byte or a lone
+  surrogate in any string (keys too) is `-32602` with `reason: "invalid_string"` naming
+  the field; a number no field can hold (`1e400`, thousands of digits) is `-32602`
+  naming the field; `NaN` and `Infinity` are not JSON (`-32700`). Paths must be
+  absolute, under 4096 bytes, with no component over 255 bytes.
 - **Usage.** `echo` and `scripted` estimate tokens at 4 characters a token unless a
   script step gives `usage`; their `costUsd` is 0. `budget.maxTokens` is exceeded when
   input + output tokens go *over* it; tool calls of that last step are not run (their
@@ -111,7 +131,7 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   back in memory.
 - **Leases** last 30 s and are renewed every 10 s while the agent is in memory; a lease
   whose holder pid is gone on the same host is taken over at once. `-32012` carries
-  `data.pid` and `data.host`.
+  `data.owner: {pid, host}` (and, as before, `data.pid` and `data.host`).
 - **`agent/fork`** copies messages up to the event at `atSeq` (all when absent), todos and
   events `<= atSeq` under the new id (their `seq` numbers kept); the copy is not loaded
   into memory. Without `atSeq` the `scripted` position is copied too.
@@ -124,9 +144,9 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
 - **Providers** are configured as `docs/providers.md` says; `ModelConfig` adds `thinking`,
   `timeoutMs` and `retry` to the contract's fields, `ThinkingBlock` carries Anthropic's
   `signature`, and a `redacted_thinking` content block keeps Anthropic's encrypted
-  thinking (never shown as an event) so it can be sent back as the API requires. `-32020` errors carry `data.type`, `data.retryable`, `data.turnId` and
-  `data.lastSeq`; besides the contract's types, `data.type` may be `connection`,
-  `invalid_request` or `invalid_response`.
+  thinking (never shown as an event) so it can be sent back as the API requires. Besides
+  the contract's provider error types, `type` may be `connection`, `invalid_request` or
+  `invalid_response`.
 - Not built yet: ACP mode (`initialize` reports
   `acp: false`), file watching (`file_changed` comes from the file tools themselves),
   context compression (no `context_compression` events are emitted).
