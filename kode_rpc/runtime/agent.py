@@ -24,7 +24,6 @@ from .. import secrets
 from ..config import Settings
 from ..logs import redact
 from ..protocol.agents import AgentConfig, AgentInfo, Usage
-from ..protocol.errors import APPROVAL_NOT_PENDING, OVERLOADED, RpcError, not_found
 from ..protocol import events as ev
 from ..protocol.events import FINAL_TOOL_STATES, ToolCall
 from ..providers.base import (
@@ -43,6 +42,7 @@ from ..sandbox.local import LocalSandbox
 from ..store.base import AgentRow, ApprovalRow, MessageRow, Store, ToolCallRow, TurnRow
 from ..tools.base import Tool, ToolResult
 from ..tools.bash import ShellRegistry
+from .errors import ApprovalNotPending, NotFound, Unavailable
 from .events import Envelope, EventLog
 from .toolctx import CallContext
 from .permission import evaluate
@@ -644,9 +644,8 @@ class Agent:
                     if row.approval_id == approval_id and row.status != "pending":
                         recorded = {"decision": row.status, "decidedBy": row.decided_by, "note": row.note}
             if recorded is None:
-                raise not_found("approval", approval_id)
-            raise RpcError(APPROVAL_NOT_PENDING, f"approval {approval_id} was already decided", "approval_not_pending",
-                           recordedDecision=recorded)
+                raise NotFound("approval", approval_id)
+            raise ApprovalNotPending(approval_id, recorded)
         del self.pending[approval_id]
         record = {"decision": decision, "decidedBy": by, "note": note}
         self.decided[approval_id] = record
@@ -797,9 +796,8 @@ class Agent:
                 turn.task.cancel()
                 await asyncio.wait([turn.task], timeout=5)
                 if not turn.done.done():  # an agent/complete waiting on it gets an answer
-                    turn.done.set_exception(RpcError(OVERLOADED, "the server is shutting down; the turn stays "
-                                                     "pending and continues after agent/resume", "shutting_down",
-                                                     retryable=True))
+                    turn.done.set_exception(Unavailable("the server is shutting down; the turn stays pending "
+                                                        "and continues after agent/resume", "shutting_down"))
                     turn.done.exception()
             else:
                 await self.interrupt("server shutting down" if keep_pending else "agent deleted")

@@ -21,9 +21,10 @@ from typing import Any
 
 from ..protocol import events as ev
 from ..protocol.agents import AgentConfig, ModelConfig, PermissionConfig, SandboxConfig
-from ..protocol.errors import AGENT_LOCKED, INVALID_PARAMS, OVERLOADED, RpcError, not_found
 from ..store.base import AgentExists, AgentRow, LeaseHeld, LeaseOwner
+from . import errors
 from .agent import Agent, Services
+from .errors import NotFound
 from .events import Envelope
 from .templates import TEMPLATES
 from .util import new_id, now_iso
@@ -61,7 +62,7 @@ class AgentPool:
         """The template's defaults under the call's fields; stored with the agent."""
         template = TEMPLATES.get(cfg.template_id)
         if template is None:
-            raise not_found("template", cfg.template_id)
+            raise NotFound("template", cfg.template_id)
         out = cfg.model_copy(deep=True)
         out.agent_id = agent_id
         if out.model is None:
@@ -88,8 +89,7 @@ class AgentPool:
         try:
             await self.svc.store.create_agent(row)
         except AgentExists:
-            raise RpcError(INVALID_PARAMS, f"agent {agent_id} already exists", "agent_exists",
-                           errors=[{"field": "agentId", "message": "an agent with this id exists"}]) from None
+            raise errors.AgentExists(agent_id) from None
         await self._lease(agent_id)
         agent = self._admit(row, [], [], subscriber)
         agent.recovered = True  # new: nothing to recover
@@ -128,7 +128,7 @@ class AgentPool:
         store = self.svc.store
         row = await store.get_agent(agent_id)
         if row is None:
-            raise not_found("agent", agent_id)
+            raise NotFound("agent", agent_id)
         await self._make_room()
         await self._lease(agent_id)
         try:
@@ -165,15 +165,13 @@ class AgentPool:
         try:
             await self.svc.store.acquire_lease(agent_id, self.owner, self.settings.lease_ttl_s)
         except LeaseHeld as held:
-            raise RpcError(AGENT_LOCKED, f"agent {agent_id} is run by another process (pid {held.pid})",
-                           "agent_locked", owner={"pid": held.pid, "host": held.host}, pid=held.pid, host=held.host) from None
+            raise errors.AgentLocked(agent_id, held.pid, held.host) from None
 
     async def _make_room(self) -> None:
         while len(self.agents) >= self.settings.max_agents:
             idle = next((a for a in self.agents.values() if not a.busy), None)
             if idle is None:
-                raise RpcError(OVERLOADED, f"all {self.settings.max_agents} agents in memory are busy", "pool_full",
-                               retryable=True)
+                raise errors.Unavailable(f"all {self.settings.max_agents} agents in memory are busy", "pool_full")
             await self.hibernate(idle)
 
     async def hibernate(self, agent: Agent) -> None:
@@ -211,12 +209,12 @@ class AgentPool:
     async def fork(self, agent_id: str, new_agent_id: str | None, at_seq: int | None) -> AgentRow:
         source = await self.svc.store.get_agent(agent_id)
         if source is None:
-            raise not_found("agent", agent_id)
+            raise NotFound("agent", agent_id)
         live = self.agents.get(agent_id)
         last = self.svc.events.last_seq(agent_id) if live else source.last_seq
         if at_seq is not None and at_seq > last:
-            raise RpcError(INVALID_PARAMS, f"atSeq {at_seq} is after the agent's last seq {last}", "invalid_params",
-                           errors=[{"field": "atSeq", "message": f"must be <= {last}"}])
+            raise errors.InvalidInput(f"atSeq {at_seq} is after the agent's last seq {last}", "atSeq",
+                                      f"must be <= {last}")
         if live:
             self.svc.events.flush()
             await self.svc.store.barrier()
@@ -229,8 +227,7 @@ class AgentPool:
         try:
             await self.svc.store.fork_agent(agent_id, row, at_seq)
         except AgentExists:
-            raise RpcError(INVALID_PARAMS, f"agent {new_id_} already exists", "agent_exists",
-                           errors=[{"field": "newAgentId", "message": "an agent with this id exists"}]) from None
+            raise errors.AgentExists(new_id_, "newAgentId") from None
         self.hibernated.add(new_id_)
         stored = await self.svc.store.get_agent(new_id_)
         assert stored is not None

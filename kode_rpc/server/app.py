@@ -21,6 +21,7 @@ from ..runtime.agent import Services
 from ..runtime.events import EventLog
 from ..runtime.metrics import Metrics
 from ..runtime.pool import AgentPool, PoolSettings
+from ..runtime.service import RuntimeService
 from ..sandbox.process import kill_all
 from ..store.sqlite import SQLiteStore, pid_alive
 from ..tools.base import builtin_tools
@@ -55,7 +56,8 @@ class App:
         self.pool.start()
         self.output = Output(proto_out, self.framing)  # type: ignore[arg-type]
         self.conn = Connection(self.output, self.framing)
-        self.session = Session(self.conn, self.pool, metrics, self.data_dir, self.shutdown)
+        self.service = RuntimeService(self.pool)
+        self.session = Session(self.conn, self.service, metrics, self.data_dir, self.shutdown)
         self.conn.on_exit = self._on_exit
         self.conn.on_eof = lambda: self.stop(0)
         loop = asyncio.get_running_loop()

@@ -32,6 +32,8 @@ from pydantic import BaseModel, ValidationError
 
 from ..protocol.errors import INTERNAL_ERROR, REQUEST_CANCELLED, RpcError, invalid_params
 from ..protocol.methods import METHODS, Method
+from ..runtime.errors import RuntimeFault
+from .errors import to_rpc
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,9 @@ class Dispatcher:
             return False
         except RpcError as exc:
             self._send_error(msg_id, exc)
+            return False
+        except RuntimeFault as exc:
+            self._send_error(msg_id, to_rpc(exc))
             return False
         except Exception as exc:
             log.error("internal error in %s (request %r)", method.name, msg_id, exc_info=exc)

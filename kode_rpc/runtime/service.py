@@ -1,0 +1,374 @@
+"""The runtime service: the one API every face (kode protocol, ACP) calls.
+
+Typed calls in, typed results out (the `protocol/` models), domain exceptions
+(`runtime/errors.py`) for what goes wrong. What used to live in the protocol
+handlers and would otherwise be copied into every face lives here once:
+
+- `using(agent_id)`: load (or wake) an agent and pin it for the duration of a
+  request, so hibernation never takes it away mid-request; requests naming the
+  same agent start in arrival order (create before a pipelined send).
+- `Watcher`: one client's view of agents' events: subscribed before its request
+  is handled, a per-agent cursor so resume replays with no gap and no duplicate,
+  buffering while a replay runs, and the approval bridge (a face that can ask
+  its user gets each `permission_required` as a question; the first answer wins,
+  and a question answered elsewhere is withdrawn).
+- the complete-wait loop, settling the store before reads, status of stored or
+  live agents, and crash recovery on resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocol import agents as a
+from ..protocol import approvals as ap
+from ..protocol import events as ev
+from ..protocol.approvals import ApprovalResponse
+from ..store.base import AgentRow
+from .agent import Agent, Turn
+from .errors import InvalidInput, NotFound, RuntimeFault
+from .events import Envelope
+from .pool import AgentPool, idle_ms
+
+log = logging.getLogger(__name__)
+
+Ask = Callable[[dict[str, Any]], tuple[Callable[[], None], Awaitable[ApprovalResponse]]]
+"""A face's way to ask its user about an approval request: returns a withdraw function
+(called when the approval was decided elsewhere) and the awaitable answer."""
+
+
+class Watcher:
+    """One client's subscription to agents' events (a connection of a face).
+
+    `deliver(env)` is called with every event of a watched agent exactly once, in
+    `seq` order, never before it is stored; `ask`, when given, turns each
+    `permission_required` into a question to the client.
+    """
+
+    def __init__(self, service: "RuntimeService", deliver: Callable[[Envelope], None], ask: Ask | None = None) -> None:
+        self.service = service
+        self._deliver = deliver
+        self.ask = ask
+        self.sent: dict[str, int] = {}
+        self._buffering: dict[str, list[Envelope]] = {}
+        self._withdraw: dict[str, Callable[[], None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __call__(self, env: Envelope) -> None:
+        """The event log's subscriber."""
+        buf = self._buffering.get(env.agent_id)
+        if buf is not None:
+            buf.append(env)
+            return
+        if env.seq <= self.sent.get(env.agent_id, 0):
+            return
+        self.sent[env.agent_id] = env.seq
+        self._deliver(env)
+        etype = env.event["type"]
+        if etype == "permission_required" and self.ask is not None:
+            task = asyncio.ensure_future(self._ask(env.agent_id, env.event["approvalId"]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif etype == "permission_decided":
+            # Still outstanding means decided elsewhere (agent/decide, timeout, interrupt):
+            # our own question's answer removes it before it decides.
+            withdraw = self._withdraw.pop(env.event.get("approvalId") or "", None)
+            if withdraw is not None:
+                withdraw()
+
+    async def _ask(self, agent_id: str, approval_id: str) -> None:
+        agent = self.service.pool.agents.get(agent_id)
+        pa = agent.pending.get(approval_id) if agent else None
+        if agent is None or pa is None or self.ask is None:
+            return
+        withdraw, answer = self.ask(pa.request)
+        self._withdraw[approval_id] = withdraw
+        try:
+            reply = await answer
+            decision, note, remember = reply.decision, reply.note, reply.remember
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # an error reply or a malformed answer means deny
+            decision, note, remember = "deny", f"client error: {exc}", False
+        finally:
+            self._withdraw.pop(approval_id, None)
+        if approval_id in agent.pending:
+            try:
+                await agent.decide(approval_id, decision, note, remember, "client")
+            except RuntimeFault:
+                pass  # answered elsewhere first: a late reply is ignored
+
+    def watch(self, agent_id: str) -> None:
+        self.service.pool.svc.events.subscribe(agent_id, self)
+
+    def forget(self, agent_id: str) -> None:
+        self.service.pool.svc.events.unsubscribe(agent_id, self)
+        self.sent.pop(agent_id, None)
+
+    def hold(self, agent_id: str) -> None:
+        """Buffer the agent's live events (a replay is being sent)."""
+        self._buffering.setdefault(agent_id, [])
+
+    def release(self, agent_id: str) -> None:
+        for env in self._buffering.pop(agent_id, []):
+            self(env)
+
+    def mark_sent(self, agent_id: str, seq: int) -> None:
+        self.sent[agent_id] = max(self.sent.get(agent_id, 0), seq)
+
+
+@dataclass
+class Resumed:
+    info: a.AgentInfo
+    replayed: int
+    start: Callable[[], None]
+    """Run once the face has answered: re-issues approvals, ends or continues the turn."""
+
+
+@dataclass
+class Sent:
+    agent: Agent
+    turn: Turn
+    queued: bool
+
+    @property
+    def result(self) -> a.SendResult:
+        return a.SendResult(message_id="msg_" + self.turn.id.split("_", 1)[1], turn_id=self.turn.id,
+                            queued=self.queued)
+
+
+def content_of(p: a.SendParams) -> list[dict[str, Any]]:
+    if p.content:
+        return [b.wire() for b in p.content]
+    if p.text is not None:
+        return [{"type": "text", "text": p.text}]
+    raise InvalidInput("text or content is required", "text", "text or content is required")
+
+
+def row_info(row: AgentRow) -> a.AgentInfo:
+    """AgentInfo of a stored agent that is not in memory."""
+    model = row.config.get("model") or {}
+    return a.AgentInfo(
+        agent_id=row.agent_id, template_id=row.template_id, created_at=row.created_at, updated_at=row.updated_at,
+        state=row.state if row.state in ("READY", "WORKING", "PAUSED") else "READY",  # type: ignore[arg-type]
+        last_seq=row.last_seq, message_count=row.message_count,
+        model={"provider": model.get("provider", "echo"), "model": model.get("model")},
+        work_dir=(row.config.get("sandbox") or {}).get("workDir"), metadata=row.metadata,
+    )
+
+
+class RuntimeService:
+    def __init__(self, pool: AgentPool) -> None:
+        self.pool = pool
+        self.store = pool.svc.store
+        self.events = pool.svc.events
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def watcher(self, deliver: Callable[[Envelope], None], ask: Ask | None = None) -> Watcher:
+        return Watcher(self, deliver, ask)
+
+    # --- pinning -------------------------------------------------------------------
+    def _lock(self, agent_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(agent_id, asyncio.Lock())
+
+    @asynccontextmanager
+    async def using(self, agent_id: str, watcher: Watcher | None = None, *,
+                    recover: bool = True) -> AsyncIterator[Agent]:
+        """The agent, loaded and pinned (never hibernated) while the block runs; requests
+        naming one agent enter in arrival order. `watcher` is subscribed first."""
+        async with self._lock(agent_id):
+            agent = await self.pool.get(agent_id, watcher, recover=recover)
+            agent.pins += 1
+            try:
+                yield agent
+            finally:
+                agent.pins -= 1
+
+    async def settle(self, agent_id: str) -> None:
+        """Make the store reflect everything this process emitted for the agent."""
+        if agent_id in self.pool.agents:
+            self.events.flush()
+            await self.store.barrier()
+        elif await self.store.get_agent(agent_id) is None:
+            raise NotFound("agent", agent_id)
+
+    # --- agents -------------------------------------------------------------------
+    async def create(self, cfg: a.AgentConfig, watcher: Watcher | None) -> a.AgentInfo:
+        if cfg.agent_id is None:
+            return (await self.pool.create(cfg, watcher)).info()
+        async with self._lock(cfg.agent_id):
+            return (await self.pool.create(cfg, watcher)).info()
+
+    async def resume(self, agent_id: str, since: int | None, strategy: str, watcher: Watcher,
+                     replay: Callable[[list[tuple[int, str]]], None]) -> Resumed:
+        """Activate an agent for `watcher`: recover it once per load, `replay` the stored
+        events after `since` (as `(seq, json)`), then `agent_resumed`; live events
+        emitted meanwhile follow the replay with no gap and no duplicate."""
+        watcher.hold(agent_id)
+        try:
+            async with self.using(agent_id, watcher, recover=False) as agent:
+                base = self.events.last_seq(agent_id)
+                sealed: list[str] = []
+                start: Callable[[], None] = lambda: None
+                if not agent.recovered:  # once per load, whoever loaded it
+                    sealed, start = await agent.recover(strategy)
+                self.events.flush()
+                await self.store.barrier()
+                replayed = 0
+                if since is not None:
+                    rows = await self.store.read_event_json(agent_id, since)
+                    replay(rows)
+                    replayed = len(rows)
+                    if rows:
+                        watcher.mark_sent(agent_id, rows[-1][0])
+                else:
+                    watcher.mark_sent(agent_id, base)
+                env = agent.emit(ev.AgentResumed(strategy=strategy, sealed=sealed))  # type: ignore[arg-type]
+        finally:
+            watcher.release(agent_id)
+        assert env.delivered is not None
+        await env.delivered
+        return Resumed(agent.info(), replayed, start)
+
+    async def send(self, agent_id: str, content: list[dict[str, Any]], kind: str, watcher: Watcher | None) -> Sent:
+        async with self.using(agent_id, watcher) as agent:
+            turn, queued = await agent.send(content, kind)
+        return Sent(agent, turn, queued)
+
+    async def wait(self, sent: Sent, stop_on_pause: bool) -> a.CompleteResult:
+        """Wait for the turn's `done` (its result is sent after the done event). With
+        `stop_on_pause` (a client that answers approvals through events), return
+        `paused` as soon as the turn waits on one of its approvals."""
+        agent, turn = sent.agent, sent.turn
+        while True:
+            waiters: set[asyncio.Future[Any]] = {turn.done}
+            paused: asyncio.Task[Any] | None = None
+            if stop_on_pause:
+                paused = asyncio.ensure_future(turn.paused.wait())
+                waiters.add(paused)
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if paused is not None:
+                    paused.cancel()
+            if turn.done.done():
+                return _complete_result(turn)
+            ids = [pa.approval_id for pa in agent.pending.values() if pa.request.get("turnId") == turn.id]
+            if ids:
+                self.events.flush()
+                await self.store.barrier()
+                return a.CompleteResult(status="paused", text="\n\n".join(t for t in turn.texts if t), turn_id=turn.id,
+                                        last_seq=self.events.last_seq(agent.id), permission_ids=ids)
+
+    async def interrupt(self, agent_id: str, note: str | None) -> bool:
+        agent = self.pool.agents.get(agent_id)
+        if agent is None:
+            if await self.store.get_agent(agent_id) is None:
+                raise NotFound("agent", agent_id)
+            return False
+        return await agent.interrupt(note)
+
+    async def decide(self, agent_id: str, approval_id: str, decision: str, note: str | None, remember: bool,
+                     watcher: Watcher | None) -> None:
+        async with self.using(agent_id, watcher) as agent:
+            stored = await agent.decide(approval_id, decision, note, remember, "client")
+            await stored
+
+    async def status(self, agent_id: str) -> ap.AgentStatus:
+        agent = self.pool.agents.get(agent_id)
+        if agent is not None:
+            return ap.AgentStatus(
+                **agent.info().model_dump(), breakpoint=agent.breakpoint, active=True,
+                idle_ms=0 if agent.current else int((time.monotonic() - agent.last_active) * 1000),
+                pending_approvals=agent.pending_requests(), usage=agent.usage, todos=agent.todos)
+        row = await self.store.get_agent(agent_id)
+        if row is None:
+            raise NotFound("agent", agent_id)
+        pending = [r.request for r in await self.store.load_approvals(agent_id, "pending")]
+        info = row_info(row)
+        if pending:  # a stored agent waiting on approvals is paused, whatever its row says
+            info.state = "PAUSED"
+        return ap.AgentStatus(
+            **info.model_dump(), breakpoint="AWAITING_APPROVAL" if pending else "READY", active=False,
+            idle_ms=idle_ms(row.updated_at), pending_approvals=pending,
+            usage=a.Usage.model_validate(row.runtime.get("usage", {})), todos=await self.store.get_todos(agent_id))
+
+    async def list(self, prefix: str | None, limit: int, cursor: str | None) -> a.ListResult:
+        rows, next_cursor = await self.store.list_agents(prefix, limit, cursor)
+        agents = []
+        for row in rows:
+            live = self.pool.agents.get(row.agent_id)
+            agents.append(live.info() if live else row_info(row))
+        return a.ListResult(agents=agents, next_cursor=next_cursor or None)
+
+    async def messages(self, agent_id: str, limit: int | None = None, before: int | None = None) -> a.MessagesResult:
+        await self.settle(agent_id)
+        rows, total = await self.store.load_messages(agent_id, limit, before)
+        return a.MessagesResult(messages=[a.Message(index=m.index, role=m.role, content=m.content, turn_id=m.turn_id,
+                                                    created_at=m.created_at) for m in rows], total=total)
+
+    async def events_json(self, agent_id: str, since: int, limit: int | None,
+                          channels: list[str] | None) -> tuple[list[str], int]:
+        """Stored events as stored (JSON built from the event models when emitted), and the last seq."""
+        await self.settle(agent_id)
+        rows = await self.store.read_events(agent_id, since, limit, channels)
+        if agent_id in self.pool.agents:
+            last = self.events.last_seq(agent_id)
+        else:
+            row = await self.store.get_agent(agent_id)
+            last = row.last_seq if row else 0
+        return [r.json for r in rows], last
+
+    async def fork(self, agent_id: str, new_agent_id: str | None, at_seq: int | None) -> a.AgentInfo:
+        return row_info(await self.pool.fork(agent_id, new_agent_id, at_seq))
+
+    async def todos(self, agent_id: str) -> list[dict[str, Any]]:
+        live = self.pool.agents.get(agent_id)
+        if live is not None:
+            return live.todos
+        if await self.store.get_agent(agent_id) is None:
+            raise NotFound("agent", agent_id)
+        return await self.store.get_todos(agent_id)
+
+    async def set_todos(self, agent_id: str, todos: list[a.Todo], watcher: Watcher | None) -> list[dict[str, Any]]:
+        ids = [t.id for t in todos]
+        if len(set(ids)) != len(ids):
+            raise InvalidInput("todo ids must be unique", "todos", "duplicate id")
+        async with self.using(agent_id, watcher) as agent:
+            return await agent.set_todos([t.wire() for t in todos])
+
+    async def delete(self, agent_id: str, watcher: Watcher | None) -> bool:
+        async with self._lock(agent_id):
+            deleted = await self.pool.delete(agent_id)
+        if watcher is not None:
+            watcher.forget(agent_id)
+        lock = self._locks.get(agent_id)
+        if deleted and lock is not None and not lock.locked():
+            del self._locks[agent_id]
+        return deleted
+
+    async def consistency(self, agent_id: str) -> dict[str, Any]:
+        await self.settle(agent_id)
+        return await self.store.consistency(agent_id)
+
+
+def _complete_result(turn: Turn) -> a.CompleteResult:
+    out = turn.done.result()
+    status = {"completed": "ok", "interrupted": "interrupted", "budget_exceeded": "interrupted"}.get(out["reason"], "error")
+    error = None
+    if status == "error":
+        err = out.get("error")
+        if err is not None:
+            error = a.TurnError(type=err.type, message=err.message, retryable=err.retryable)
+        elif out["reason"] == "max_steps":
+            error = a.TurnError(type="max_steps", message="the turn reached its template's step limit")
+        else:
+            error = a.TurnError(type="internal", message="the turn failed inside the server (see its log)")
+    return a.CompleteResult(status=status, text=out["text"], turn_id=turn.id, last_seq=out["seq"],  # type: ignore[arg-type]
+                            permission_ids=[], error=error)
