@@ -1,26 +1,70 @@
 """`kode-rpc [serve|chat|schema|--version]`; no subcommand means `serve`.
 
 Heavy modules are imported inside each command so `--version` and `schema`
-stay cheap and `serve` pays only for what the server needs.
+stay cheap and `serve` pays only for what the server needs. The plain `serve`
+command lines editors use are read by `_fast_serve_args` without argparse
+(importing it and building the parser cost ~5 ms of every start); anything else,
+help and every error included, goes through the argparse parser.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+
+if TYPE_CHECKING:
+    import argparse
+
+FRAMINGS = ("content-length", "ndjson")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="where the SQLite store lives (default: platform user data dir; env KODE_DATA_DIR)")
-    p.add_argument("--framing", choices=["content-length", "ndjson"], default="content-length")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    p.add_argument("--framing", choices=list(FRAMINGS), default="content-length")
+    p.add_argument("--log-level", default="INFO", choices=list(LOG_LEVELS), type=str.upper)
     p.add_argument("--max-agents", type=int, default=None, help="agents kept in memory (default 50)")
 
 
+def _fast_serve_args(argv: list[str]) -> dict[str, Any] | None:
+    """`serve`'s options when `argv` is `serve` followed only by its options, each spelled in
+    full and valid (`--data-dir D` or `--data-dir=D`, ...); None for anything else, which
+    argparse then parses (so abbreviations, help and errors behave exactly as before)."""
+    if not argv or argv[0] != "serve":
+        return None
+    opts: dict[str, Any] = {"data_dir": None, "framing": "content-length", "log_level": "INFO", "max_agents": None}
+    rest = argv[1:]
+    while rest:
+        flag, eq, value = rest[0].partition("=")
+        if flag not in ("--data-dir", "--framing", "--log-level", "--max-agents"):
+            return None
+        if not eq:
+            if len(rest) < 2 or rest[1].startswith("-"):
+                return None
+            value = rest[1]
+        rest = rest[1:] if eq else rest[2:]
+        if flag == "--data-dir":
+            opts["data_dir"] = value
+        elif flag == "--framing":
+            if value not in FRAMINGS:
+                return None
+            opts["framing"] = value
+        elif flag == "--log-level":
+            if value.upper() not in LOG_LEVELS:
+                return None
+            opts["log_level"] = value.upper()
+        else:
+            if not value.isascii() or not value.isdigit():
+                return None
+            opts["max_agents"] = int(value)
+    return opts
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="kode-rpc", description="Headless agent backend over JSON-RPC on stdio.")
     parser.add_argument("--version", action="version", version=f"kode-rpc {__version__}")
     sub = parser.add_subparsers(dest="command")
@@ -45,15 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     if not argv or argv[0].startswith("--") and argv[0] not in ("--version", "-h", "--help"):
         argv = ["serve", *argv]
+    fast = _fast_serve_args(argv)
+    if fast is not None:
+        from .server.app import serve
+
+        return serve(fast["data_dir"], fast["framing"], fast["log_level"], fast["max_agents"])
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
         from .server.app import serve
 
         return serve(args.data_dir, args.framing, args.log_level, args.max_agents)
     if args.command == "schema":
+        import json
+
         from .protocol.schema import protocol_schema
 
         try:

@@ -4,17 +4,18 @@ Paths come from platformdirs, with env overrides for tests, sandboxes and
 packagers: `KODE_DATA_DIR`, `KODE_CONFIG_DIR`, `KODE_LOG_DIR`. Settings come
 from `config.toml` in the config dir, then `KODE_*` environment variables on top.
 API keys are never read from the file: only from the environment.
+
+platformdirs and tomllib are imported only when needed (no env override, a config
+file that exists): a server spawned with `KODE_*_DIR` set and no config file loads
+neither.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
-
-import platformdirs
 
 APP = "kode-rpc"
 log = logging.getLogger(__name__)
@@ -30,16 +31,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
+def _platform_dir(kind: str) -> str:
+    """platformdirs' `user_<kind>_dir` for this app (imported on first use)."""
+    import platformdirs
+
+    return str(getattr(platformdirs, f"user_{kind}_dir")(APP, appauthor=False))
+
+
 def data_dir(explicit: str | None = None) -> str:
-    return os.path.abspath(explicit or os.environ.get("KODE_DATA_DIR") or platformdirs.user_data_dir(APP, appauthor=False))
+    return os.path.abspath(explicit or os.environ.get("KODE_DATA_DIR") or _platform_dir("data"))
 
 
 def config_dir() -> str:
-    return os.path.abspath(os.environ.get("KODE_CONFIG_DIR") or platformdirs.user_config_dir(APP, appauthor=False))
+    return os.path.abspath(os.environ.get("KODE_CONFIG_DIR") or _platform_dir("config"))
 
 
 def log_dir() -> str:
-    return os.path.abspath(os.environ.get("KODE_LOG_DIR") or platformdirs.user_log_dir(APP, appauthor=False))
+    return os.path.abspath(os.environ.get("KODE_LOG_DIR") or _platform_dir("log"))
 
 
 def config_file() -> str:
@@ -109,6 +117,8 @@ def load_settings() -> Settings:
     path = config_file()
     source = "builtin"
     if os.path.exists(path):
+        import tomllib
+
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)

@@ -13,11 +13,16 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_base
+from typing import TYPE_CHECKING
 
 from .base import ModelRequest, Provider, ProviderError, StreamEvent, UsageReport
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+# tenacity is imported only when a call fails in a way that is retried: a model call
+# that succeeds on its first attempt (every `echo` and `scripted` call, and most real
+# ones) never loads it, so it costs neither start-up nor the first turn.
 
 
 @dataclass(frozen=True)
@@ -38,8 +43,8 @@ class RetryPolicy:
         )
 
 
-class _Wait(wait_base):
-    """Server-given delay first, else jittered exponential backoff."""
+class _Wait:
+    """Server-given delay first, else jittered exponential backoff (a tenacity `wait`)."""
 
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
@@ -65,6 +70,20 @@ async def stream_with_retry(provider: Provider, request: ModelRequest, policy: R
     def retryable(exc: BaseException) -> bool:
         return isinstance(exc, ProviderError) and exc.retryable and not streamed
 
+    # Attempt 1 runs bare; only a failure that will be retried hands over to tenacity.
+    try:
+        async for event in provider.stream(request):
+            if not isinstance(event, UsageReport):
+                streamed = True
+            yield event
+        return
+    except ProviderError as exc:
+        if policy.max_retries < 1 or not retryable(exc):
+            raise
+        first_failure: ProviderError | None = exc
+
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
@@ -80,6 +99,9 @@ async def stream_with_retry(provider: Provider, request: ModelRequest, policy: R
     )
     async for attempt in retrying:
         with attempt:
+            if first_failure is not None:  # tenacity's attempt 1 is the one that already failed
+                failed, first_failure = first_failure, None
+                raise failed
             async for event in provider.stream(request):
                 if not isinstance(event, UsageReport):
                     streamed = True

@@ -21,7 +21,7 @@ import queue
 import re
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from ..protocol.errors import (
