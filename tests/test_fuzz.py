@@ -66,43 +66,16 @@ class StrictClient(RpcClient):
     """`RpcClient` whose reader also records every body that is not strict JSON
     (Python's json accepts `NaN`/`Infinity`; JSON.parse in an editor does not)."""
 
-    nonstrict: list[bytes]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.nonstrict: list[bytes] = []
+        super().__init__(*args, **kwargs)
 
-    async def _read_loop(self) -> None:  # same loop as RpcClient's, plus the strict check
-        self.nonstrict = []
-        stdout = self.proc.stdout
-        assert stdout is not None
+    def _decode(self, body: bytes) -> Any:
         try:
-            while True:
-                header = await stdout.readuntil(b"\r\n\r\n")
-                length = None
-                for h in header.split(b"\r\n"):
-                    if h.lower().startswith(b"content-length:"):
-                        length = int(h.split(b":", 1)[1])
-                if length is None:
-                    self.stray += header
-                    continue
-                body = await stdout.readexactly(length)
-                try:
-                    json.loads(body, parse_constant=_reject_constant)
-                except ValueError:
-                    self.nonstrict.append(body[:300])
-                try:
-                    msg = json.loads(body)
-                except ValueError:
-                    self.stray += body
-                    continue
-                await self._dispatch(msg)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except asyncio.LimitOverrunError:
-            self.stray += b"<header too long>"
-        finally:
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionError("server closed its stdout"))
-            async with self._changed:
-                self._changed.notify_all()
+            json.loads(body, parse_constant=_reject_constant)
+        except ValueError:
+            self.nonstrict.append(body[:300])
+        return super()._decode(body)
 
 
 def frame(body: bytes) -> bytes:
