@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--work-dir", help="sandbox directory (default: current directory)")
     chat.add_argument("--script", help="JSON file with a `scripted` provider script")
     chat.add_argument("-m", "--message", action="append", help="send this message and exit (repeatable)")
+    acp = sub.add_parser("acp", help="speak the Agent Client Protocol on stdin/stdout (Zed, JetBrains, ACP plugins)")
+    acp.add_argument("--data-dir")
+    acp.add_argument("--store", help="store URL (only sqlite:// is built so far)")
+    acp.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub.add_parser("schema", help="print the JSON Schema of the whole protocol")
     doctor = sub.add_parser("doctor", help="check paths, database, configured providers (exit 1 on problems)")
     doctor.add_argument("--data-dir")
@@ -102,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         from .server.app import serve
 
         return serve(args.data_dir, args.framing, args.log_level, args.max_agents)
+    if args.command == "acp":
+        from .acp.app import serve_acp
+
+        return serve_acp(args.data_dir, args.log_level)
     if args.command == "schema":
         import json
 

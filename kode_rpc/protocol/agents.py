@@ -136,6 +136,9 @@ class AgentConfig(WireModel):
     sandbox: SandboxConfig | None = None
     budget: BudgetConfig | None = None
     metadata: dict[str, Any] | None = None
+    mcp_servers: dict[str, Any] | None = None
+    """MCP servers (the `.mcp.json` shape; contract section 12). Accepted and stored with
+    the agent; connecting to them is not built yet."""
 
 
 class ModelRef(WireModel):

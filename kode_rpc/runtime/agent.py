@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import secrets
 from ..logs import redact
-from ..protocol.agents import AgentConfig, AgentInfo, Usage
+from ..protocol.agents import AgentConfig, AgentInfo, ModelConfig, Usage
 from ..protocol import events as ev
 from ..providers.base import (
     ModelRequest,
@@ -152,6 +152,17 @@ class Agent(ToolCalls, Approvals, Recovery):
         msg = {"index": len(self.messages), "role": role, "content": content, "turnId": turn_id, "createdAt": now_iso()}
         self.messages.append(msg)
         return self.svc.store.append_message(MessageRow(self.id, msg["index"], role, content, turn_id, msg["createdAt"]))
+
+    def reconfigure(self, *, mode: str | None = None, model: dict[str, Any] | None = None) -> asyncio.Future[None]:
+        """Change the permission mode or the model for the turns to come (ACP's
+        `session/set_mode` and model picker); the new config is stored with the agent."""
+        if mode is not None:
+            assert self.config.permission is not None
+            self.config.permission.mode = mode  # type: ignore[assignment]
+        if model is not None:
+            self.config.model = ModelConfig.model_validate(model)
+        self.row.config = self.config.wire()
+        return self.svc.store.update_agent(self.id, config=self.row.config)
 
     async def set_todos(self, todos: list[dict[str, Any]], turn_id: str | None = None) -> list[dict[str, Any]]:
         self.todos = todos

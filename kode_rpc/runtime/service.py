@@ -353,6 +353,54 @@ class RuntimeService:
             del self._locks[agent_id]
         return deleted
 
+    async def reconfigure(self, agent_id: str, watcher: Watcher | None, *, mode: str | None = None,
+                          model: dict[str, Any] | None = None) -> a.AgentInfo:
+        """Change the agent's permission mode or model (for the turns to come)."""
+        async with self.using(agent_id, watcher) as agent:
+            await agent.reconfigure(mode=mode, model=model)
+            return agent.info()
+
+    async def config(self, agent_id: str) -> a.AgentConfig:
+        """The agent's resolved config (live or stored)."""
+        live = self.pool.agents.get(agent_id)
+        if live is not None:
+            return live.config
+        row = await self.store.get_agent(agent_id)
+        if row is None:
+            raise NotFound("agent", agent_id)
+        return a.AgentConfig.model_validate(row.config)
+
+    async def release(self, agent_id: str) -> None:
+        """The client is done with the agent for now: let it hibernate if it is idle."""
+        agent = self.pool.agents.get(agent_id)
+        if agent is None:
+            if await self.store.get_agent(agent_id) is None:
+                raise NotFound("agent", agent_id)
+            return
+        async with self._lock(agent_id):
+            if not agent.busy and self.pool.agents.get(agent_id) is agent:
+                await self.pool.hibernate(agent)
+
+    async def recent(self, work_dir: str | None = None) -> list[a.AgentInfo]:
+        """Every stored agent (optionally only those working in `work_dir`), most recently
+        updated first."""
+        found: list[a.AgentInfo] = []
+        cursor: str | None = None
+        while True:
+            page = await self.list(None, 1000, cursor)
+            found.extend(i for i in page.agents if work_dir is None or i.work_dir == work_dir)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return sorted(found, key=lambda i: i.updated_at, reverse=True)
+
+    async def first_user_text(self, agent_id: str) -> str | None:
+        """The text of the agent's first message, when it is the user's (a session title)."""
+        rows, _ = await self.store.load_messages(agent_id, 1, 1)
+        if not rows or rows[0].role != "user":
+            return None
+        return "".join(b.get("text", "") for b in rows[0].content if b.get("type") == "text") or None
+
     async def consistency(self, agent_id: str) -> dict[str, Any]:
         await self.settle(agent_id)
         return await self.store.consistency(agent_id)

@@ -13,18 +13,12 @@ import os
 import signal
 import sys
 
-from .. import secrets
 from ..config import data_dir as resolve_data_dir
 from ..config import load_settings
 from ..logs import setup_logging
-from ..runtime.agent import Services
-from ..runtime.events import EventLog
-from ..runtime.metrics import Metrics
-from ..runtime.pool import AgentPool, PoolSettings
-from ..runtime.service import RuntimeService
 from ..sandbox.process import kill_all
-from ..store.sqlite import SQLiteStore, pid_alive
-from ..tools.base import builtin_tools
+from ..runtime.host import open_runtime
+from ..store.sqlite import pid_alive
 from .handlers import Session
 from .rpc import Connection, Output, start_stdin_reader, take_stdout
 
@@ -42,22 +36,12 @@ class App:
         self._done = asyncio.Event()
 
     async def run(self, proto_out: object) -> int:
-        os.makedirs(self.data_dir, exist_ok=True)
-        settings = load_settings()
-        secrets.register_env(os.environ, settings.key_env_names(), settings.env_allow)
-        self.store = SQLiteStore(os.path.join(self.data_dir, "kode.db"))
-        await self.store.open()
-        events = EventLog(self.store)
-        metrics = Metrics()
-        events.taps.append(metrics.tap)
-        svc = Services(self.store, events, builtin_tools(), settings)
-        self.pool = AgentPool(svc, PoolSettings(self.data_dir, max_agents=self.max_agents or settings.max_agents,
-                                                default_model=settings.default_model))
-        self.pool.start()
+        self.runtime = await open_runtime(self.data_dir, self.max_agents)
+        self.store = self.runtime.store
+        self.pool = self.runtime.pool
         self.output = Output(proto_out, self.framing)  # type: ignore[arg-type]
         self.conn = Connection(self.output, self.framing)
-        self.service = RuntimeService(self.pool)
-        self.session = Session(self.conn, self.service, metrics, self.data_dir, self.shutdown)
+        self.session = Session(self.conn, self.runtime.service, self.runtime.metrics, self.data_dir, self.shutdown)
         self.conn.on_exit = self._on_exit
         self.conn.on_eof = lambda: self.stop(0)
         loop = asyncio.get_running_loop()

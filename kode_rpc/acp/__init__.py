@@ -1,0 +1,1 @@
+"""ACP mode: `kode-rpc acp`, the Agent Client Protocol face over the runtime service."""
