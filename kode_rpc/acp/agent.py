@@ -103,6 +103,7 @@ class KodeAcpAgent:
         self.conn: Client | None = None
         self.streams: dict[str, SessionStream] = {}
         self.watcher = self.service.watcher(self._deliver, self._ask)
+        runtime.pool.svc.edit_taps.append(self._edited)
 
     def on_connect(self, conn: Client) -> None:
         self.conn = conn
@@ -112,6 +113,12 @@ class KodeAcpAgent:
         stream = self.streams.get(env.agent_id)
         if stream is not None:
             stream.push(env)
+
+    def _edited(self, agent_id: str, call_id: str, texts: dict[str, tuple[str | None, str | None]]) -> None:
+        """Whole-file texts of an edit, kept until the call's `tool:end` becomes its update."""
+        stream = self.streams.get(agent_id)
+        if stream is not None:
+            stream.edits[call_id] = texts
 
     def _ask(self, request: dict[str, Any]) -> tuple[Callable[[], None], Awaitable[ApprovalResponse]]:
         session_id, call = request["agentId"], request["call"]

@@ -39,9 +39,6 @@ log = logging.getLogger(__name__)
 KINDS = {"fs_read": "read", "fs_glob": "search", "fs_grep": "search", "fs_write": "edit", "fs_edit": "edit",
          "fs_multi_edit": "edit", "bash_run": "execute", "bash_logs": "execute", "bash_kill": "execute",
          "todo_read": "think", "todo_write": "think"}
-EDIT_TOOLS = frozenset({"fs_write", "fs_edit", "fs_multi_edit"})
-MAX_DIFF_FILE = 1024 * 1024
-"""Files larger than this get no whole-file `diff` content (editors hold both texts)."""
 MAX_TEXT = 64 * 1024
 
 
@@ -65,16 +62,6 @@ def call_paths(name: str, args: dict[str, Any], work_dir: str) -> list[str]:
             if full not in out:
                 out.append(full)
     return out
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        if os.path.getsize(path) > MAX_DIFF_FILE:
-            return None
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def result_text(result: Any) -> str:
@@ -117,7 +104,8 @@ class SessionStream:
         self.written = 0
         self.done_reasons: dict[str, str] = {}
         self.cost = 0.0
-        self._old: dict[str, dict[str, str | None]] = {}
+        self.edits: dict[str, dict[str, tuple[str | None, str | None]]] = {}
+        """Whole texts before and after each edit call, from the runtime's edit tap."""
         self._running: set[str] = set()
         self._progress = asyncio.Condition()
         self._task = asyncio.ensure_future(self._run())
@@ -165,8 +153,6 @@ class SessionStream:
         if etype == "tool:start":
             call = event["call"]
             paths = call_paths(call["name"], call.get("input") or {}, self.work_dir)
-            if call["name"] in EDIT_TOOLS:
-                self._old[call["id"]] = {p: _read_text(p) for p in paths}
             return [start_tool_call(call["id"], title_of(call), kind=tool_kind(call["name"]), status="pending",  # type: ignore[arg-type]
                                     locations=[ToolCallLocation(path=p) for p in paths], raw_input=call.get("input"))]
         if etype == "permission_decided" and event.get("decision") == "allow":
@@ -201,12 +187,9 @@ class SessionStream:
         text = result_text(call.get("result"))
         if text:
             content.append(tool_content(text_block(text)))
-        old = self._old.pop(call["id"], {})
-        if ok and call["name"] in EDIT_TOOLS:
-            for path, before in old.items():
-                after = _read_text(path)
-                if after is not None and after != before:
-                    content.append(tool_diff_content(path, after, before))
+        for path, (before, after) in self.edits.pop(call["id"], {}).items():
+            if ok and after is not None:
+                content.append(tool_diff_content(path, after, before))
         out.append(update_tool_call(call["id"], status="completed" if ok else "failed", content=content,
                                     raw_output=call.get("result")))
         return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from .. import secrets
 from ..protocol import events as ev
 from ..protocol.events import ToolCall
 from ..providers.base import ToolCallRequest
+from ..sandbox.base import BoundaryError
 from ..sandbox.local import LocalSandbox
 from ..store.base import ToolCallRow
 from ..tools.base import Tool, ToolResult
@@ -120,8 +122,10 @@ class ToolCalls:
                 run.started = time.monotonic()
                 run.executed = True
                 ctx = CallContext(self, turn, run)
+                edits = self._before_edit(tool, args)
                 try:
                     result = redact_result(await tool.run(ctx, args))
+                    self._after_edit(call.id, edits)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -155,6 +159,23 @@ class ToolCalls:
         if run.executed:
             self.emit(ev.ToolExecuted(call=call), turn.id)
 
+    def _before_edit(self, tool: Tool, args: Any) -> dict[str, str | None]:
+        """Texts of the files the call will edit, when a face wants whole-file diffs."""
+        if not self.svc.edit_taps:
+            return {}
+        return {path: read_text(self.sandbox, path) for path in tool.edited_paths(args, self.sandbox)}
+
+    def _after_edit(self, call_id: str, before: dict[str, str | None]) -> None:
+        if not before:
+            return
+        texts = {path: (old, read_text(self.sandbox, path)) for path, old in before.items()}
+        changed = {p: t for p, t in texts.items() if t[0] != t[1]}
+        for tap in self.svc.edit_taps:
+            try:
+                tap(self.id, call_id, changed)
+            except Exception:
+                log.exception("edit tap failed")
+
     def _tool_breakpoint(self, bp: str, turn_id: str) -> None:
         """A call's own breakpoint, unless a sibling call waits on an approval: the agent is
         PAUSED at AWAITING_APPROVAL until every pending approval is answered (contract 5)."""
@@ -163,6 +184,25 @@ class ToolCalls:
 
     def _executing(self) -> bool:
         return self.executing > 0
+
+
+MAX_DIFF_TEXT = 1024 * 1024
+"""Files larger than this are not read for diffs (editors hold both whole texts)."""
+
+
+def read_text(sandbox: LocalSandbox, path: str) -> str | None:
+    """A file's text for a diff, opened through the sandbox's boundary check (a symlink
+    swapped in is refused); None when it is missing, outside, binary or too large."""
+    try:
+        fd = sandbox.open_fd(path, os.O_RDONLY)
+    except (BoundaryError, OSError, ValueError):
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(MAX_DIFF_TEXT + 1)
+        return None if len(data) > MAX_DIFF_TEXT else data.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def redact_result(result: ToolResult) -> ToolResult:

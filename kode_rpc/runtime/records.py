@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from ..config import Settings
@@ -24,6 +25,13 @@ class Services:
     tools: dict[str, Tool]
     settings: Settings = field(default_factory=lambda: Settings({"provider": "echo"}, "builtin"))
     tool_concurrency: int = 4
+    edit_taps: list[EditTap] = field(default_factory=list)
+    """Told of every file an edit tool changed, with whole texts before and after (in
+    process only, never stored: the ACP face shows them as diffs). Empty: no cost."""
+
+
+EditTap = Callable[[str, str, dict[str, tuple[str | None, str | None]]], None]
+"""(agent id, call id, {absolute path: (text before or None, text after or None)})."""
 
 
 @dataclass

@@ -93,6 +93,11 @@ class Tool(ABC):
         """What an approval prompt shows: command, file change with a diff, or a plain tool call."""
         return {"type": "tool_call"}
 
+    def edited_paths(self, args: Any, sandbox: Sandbox) -> list[str]:
+        """Absolute paths of the files this call edits (so a face can show whole-file
+        diffs); none for tools that edit no file by path. Never raises."""
+        return []
+
     def preview(self, args: dict[str, Any]) -> str:
         """One line for UIs (`ToolCall.inputPreview`)."""
         text = ", ".join(f"{k}={v!r}" for k, v in args.items())

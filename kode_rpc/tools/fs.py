@@ -368,6 +368,9 @@ class FsWriteTool(Tool):
             ctx.file_changed(result.data["path"], "added" if result.data["created"] else "modified")
         return result
 
+    def edited_paths(self, args: Any, sandbox: Sandbox) -> list[str]:
+        return _resolved(sandbox, [_field(args, "path")])
+
     @staticmethod
     def _write(sandbox: Sandbox, args: FsWriteInput) -> dict[str, Any]:
         path = sandbox.resolve(args.path)
@@ -390,6 +393,19 @@ class FsWriteTool(Tool):
         content = args.get("content")
         size = f" ({len(content)} chars)" if isinstance(content, str) else ""
         return f"{args.get('path')}{size}"
+
+
+def _resolved(sandbox: Sandbox, paths: list[Any]) -> list[str]:
+    """The paths inside the sandbox, resolved, without repeats (others are left out)."""
+    out: list[str] = []
+    for given in paths:
+        try:
+            path = sandbox.resolve(given) if isinstance(given, str) and given else None
+        except (BoundaryError, OSError, ValueError):
+            path = None
+        if path is not None and path not in out:
+            out.append(path)
+    return out
 
 
 def _field(args: Any, name: str, default: Any = "") -> Any:
@@ -424,6 +440,9 @@ class FsEditTool(Tool):
         if result.ok:
             ctx.file_changed(result.data["path"], "modified")
         return result
+
+    def edited_paths(self, args: Any, sandbox: Sandbox) -> list[str]:
+        return _resolved(sandbox, [_field(args, "path")])
 
     @staticmethod
     def _edit(sandbox: Sandbox, args: FsEditInput) -> dict[str, Any]:
@@ -517,6 +536,9 @@ class FsMultiEditTool(Tool):
         for path in result.data["files"] if result.ok else []:
             ctx.file_changed(path, "modified")
         return result
+
+    def edited_paths(self, args: Any, sandbox: Sandbox) -> list[str]:
+        return _resolved(sandbox, [_field(e, "path") for e in _field(args, "edits", []) or []])
 
     @staticmethod
     def _multi_edit(sandbox: Sandbox, args: FsMultiEditInput) -> dict[str, Any]:
