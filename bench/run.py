@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """kode-rpc benchmarks: spawn the real server over real pipes and measure what an editor feels.
 
-    python bench/run.py [--quick] [--out bench/results/latest.json]
+    python bench/run.py [--quick] [--out bench/results/latest.json] [--only NAME ...]
+    python bench/run.py --baseline-server OLD_EXE [--baseline-env PYTHONPATH=OLD_CHECKOUT]
 
 Prints a table (name, value, unit, target, pass/fail) and writes the same rows as JSON
-together with the machine's description. A missed target is reported, never turned into
+together with the machine's description; with a baseline (an older commit's server),
+each measurement runs for it and right after for the server under test, and both are
+printed side by side. A missed target is reported, never turned into
 a failing exit code: the exit code is 0 when every measurement ran and checked its data,
 1 when something broke (an exception, a wrong or missing event, a bad reply).
 
@@ -30,7 +33,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -68,14 +71,30 @@ class Counts:
     turns_per_agent: int
     provider_runs: int
     provider_tokens: int
+    transcript_messages: int
+    """Messages in the agent that `spawn_to_transcript` resumes (2 per echo turn of 11 events)."""
+    transcript_runs: int
+    turn_warmup: int
+    turns: int
+    """Timed 100-chunk turns on one agent (median, p95 and growth first -> last `growth_window`)."""
+    growth_window: int
+    tool_turns: int
+    """Timed turns with one fs_read each."""
 
 
 FULL = Counts(spawn_runs=10, status_warmup=200, status_calls=2000, chunks=20_000, chunk_runs=3,
               resume_events=10_000, resume_runs=3, agents=50, turns_per_agent=50, provider_runs=10,
-              provider_tokens=2000)
+              provider_tokens=2000, transcript_messages=1000, transcript_runs=5, turn_warmup=5, turns=200,
+              growth_window=50, tool_turns=100)
 QUICK = Counts(spawn_runs=2, status_warmup=20, status_calls=200, chunks=2_000, chunk_runs=1,
                resume_events=1_000, resume_runs=1, agents=5, turns_per_agent=10, provider_runs=2,
-               provider_tokens=200)
+               provider_tokens=200, transcript_messages=200, transcript_runs=1, turn_warmup=2, turns=40,
+               growth_window=10, tool_turns=20)
+
+CHUNKS_PER_REPLY = 100
+"""Issue 10's per-turn row: a scripted reply streamed as 100 `chunks`."""
+TOOL_REPLY_CHUNKS = 10
+"""The reply after the fs_read in the tool-turn row."""
 
 
 @dataclass
@@ -89,11 +108,19 @@ class Row:
     lower_is_better: bool = True
     note: str = ""
     error: bool = False
+    inclusive: bool = False
+    """The target itself passes (`<=` / `>=`): issue 10's targets are written that way."""
+
+    @property
+    def op(self) -> str:
+        return ("<" if self.lower_is_better else ">") + ("=" if self.inclusive else "")
 
     @property
     def passed(self) -> bool | None:
         if self.target is None or self.value is None:
             return None
+        if self.inclusive:
+            return self.value <= self.target if self.lower_is_better else self.value >= self.target
         return self.value < self.target if self.lower_is_better else self.value > self.target
 
     @property
@@ -108,11 +135,17 @@ class Row:
     def target_text(self) -> str:
         if self.target is None:
             return "-"
-        return f"{'<' if self.lower_is_better else '>'} {self.target:,g}"
+        return f"{self.op} {self.target:,g}"
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "target_op": None if self.target is None else ("<" if self.lower_is_better else ">"),
+        return {**asdict(self), "target_op": None if self.target is None else self.op,
                 "passed": self.passed, "status": self.status}
+
+
+def goal(name: str, value: float | None, unit: str, target: float | None, note: str = "",
+         higher_is_better: bool = False) -> Row:
+    """A row of issue 10's table: the target is inclusive (`<= 250 ms`, `>= 100,000/s`)."""
+    return Row(name, value, unit, target, lower_is_better=not higher_is_better, note=note, inclusive=True)
 
 
 def fmt(value: float | None) -> str:
@@ -169,16 +202,59 @@ class TimedClient(RpcClient):
         await super()._dispatch(msg)
 
 
+def default_frozen() -> list[tuple[str, Path, float | None]]:
+    """Frozen builds measured beside the source when they exist (`python packaging/build.py [--onefile]`):
+    (label, binary, spawn_to_initialize target)."""
+    return [
+        ("onedir", Path(os.environ.get("KODE_BENCH_ONEDIR", "dist/kode-rpc/kode-rpc")), 400.0),
+        ("onefile", Path(os.environ.get("KODE_BENCH_ONEFILE", "dist/kode-rpc-onefile")), None),
+    ]
+
+
+@dataclass
+class ServerUnderTest:
+    """What `serve` runs: `exe` (`--server`, else `$KODE_RPC_SERVER`, else `python -m kode_rpc`)
+    plus `--server-env` variables (e.g. `PYTHONPATH` of an older checkout), and the frozen
+    builds measured beside it. A run may have two: the baseline and the server under test."""
+
+    exe: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    label: str = "now"
+    frozen: list[tuple[str, Path, float | None]] = field(default_factory=default_frozen)
+
+    def describe(self) -> str:
+        cmd = " ".join(server_command(exe=self.exe))
+        extra = " ".join(f"{k}={v}" for k, v in self.env.items())
+        return f"{extra} {cmd}".strip()
+
+    def frozen_builds(self) -> list[tuple[str, Path, float | None]]:
+        return [(label, path, target) for label, path, target in self.frozen if path.exists()]
+
+
+SERVER = ServerUnderTest()
+"""The server the measurements spawn; `run_all` switches it between baseline and server under test."""
+
+
 def server_env(tmp: TempDirs, data_dir: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
+    env.update(SERVER.env)
+    if env.get("PYTHONPATH"):  # servers run in another directory (see `server_cwd`)
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     env["KODE_DATA_DIR"] = data_dir or tmp.new("data")
     env["KODE_LOG_DIR"] = tmp.new("log")
     env["KODE_CONFIG_DIR"] = tmp.new("config")
     return env
 
 
+def server_cwd(env: dict[str, str]) -> str:
+    """Servers run in their own (empty, temporary) log dir: `python -m kode_rpc` puts the
+    working directory first on `sys.path`, so started from a checkout it would run that
+    checkout's `kode_rpc` whatever `--server-env PYTHONPATH` says."""
+    return env["KODE_LOG_DIR"]
+
+
 async def start_server(env: dict[str, str], server: str | None = None) -> TimedClient:
-    client = await TimedClient.spawn(env=env, server=server)
+    client = await TimedClient.spawn(env=env, server=server or SERVER.exe, cwd=server_cwd(env))
     try:
         await client.initialize(processId=os.getpid())
     except BaseException:
@@ -239,13 +315,6 @@ async def python_startup_ms() -> float:
     return (time.perf_counter() - start) * 1000
 
 
-FROZEN_BUILDS = [
-    ("onedir", Path(os.environ.get("KODE_BENCH_ONEDIR", "dist/kode-rpc/kode-rpc")), 400.0),
-    ("onefile", Path(os.environ.get("KODE_BENCH_ONEFILE", "dist/kode-rpc-onefile")), None),
-]
-"""Frozen builds measured beside the source when they exist (`python packaging/build.py [--onefile]`)."""
-
-
 async def spawn_to_initialize_ms(tmp: TempDirs, binary: Path | None = None) -> tuple[float, float]:
     """(spawn to `initialize` answered, spawn to the first other request answered)."""
     env = server_env(tmp)
@@ -256,6 +325,46 @@ async def spawn_to_initialize_ms(tmp: TempDirs, binary: Path | None = None) -> t
     ready = (time.perf_counter() - start) * 1000
     await stop_server(client)
     return elapsed, ready
+
+
+READY_TARGETS: dict[str, float | None] = {"source": 250.0, "onedir": 300.0, "onefile": None}
+"""Issue 10: spawn -> initialize + agent/create answered, <= 250 ms from source, <= 300 ms one-dir."""
+TRANSCRIPT_TARGETS: dict[str, float | None] = {"source": 300.0, "onedir": None, "onefile": None}
+"""Issue 10: spawn -> transcript back <= 300 ms (one target, given for the source run)."""
+
+
+def exe_of(binary: Path | None) -> str | None:
+    return str(binary.resolve()) if binary else None
+
+
+async def spawn_to_agent_ready_ms(tmp: TempDirs, binary: Path | None = None) -> tuple[float, float]:
+    """(spawn to `initialize` answered, spawn to `agent/create` answered right after it): "agent ready"."""
+    env = server_env(tmp)
+    start = time.perf_counter()
+    client = await start_server(env, exe_of(binary))
+    initialized = (time.perf_counter() - start) * 1000
+    try:
+        info = await client.request("agent/create", {"model": {"provider": "echo"}})
+    except BaseException:
+        client.kill()
+        await client.wait_exit()
+        raise
+    ready = (time.perf_counter() - start) * 1000
+    check(bool(info.get("agentId")), f"agent/create answered without an agentId: {info}")
+    await stop_server(client)
+    return initialized, ready
+
+
+async def agent_ready_rows(counts: Counts, tmp: TempDirs, label: str, binary: Path | None) -> list[Row]:
+    runs = [await spawn_to_agent_ready_ms(tmp, binary) for _ in range(counts.spawn_runs)]
+    ready = [r[1] for r in runs]
+    suffix = "" if binary is None else f"_{label}"
+    where = "python -m kode_rpc" if binary is None and SERVER.exe is None else str(binary or SERVER.exe)
+    return [
+        goal(f"spawn_to_agent_ready{suffix}_median", statistics.median(ready), "ms", READY_TARGETS[label],
+             note=f"spawn -> initialize + agent/create (echo) answered, {where}, N={len(ready)}, "
+                  f"best {min(ready):.0f}, initialize alone {statistics.median(r[0] for r in runs):.0f}"),
+    ]
 
 
 async def bench_spawn(counts: Counts, tmp: TempDirs) -> list[Row]:
@@ -275,11 +384,13 @@ async def bench_spawn(counts: Counts, tmp: TempDirs) -> list[Row]:
             note=f"N={len(runs)}, fresh data dir each"),
         Row("spawn_to_initialize_best", min(runs), "ms", 300, note=f"N={len(runs)}"),
         Row("spawn_to_first_request_median", statistics.median(ready), "ms",
-            note="initialize, then pool/stats answered (pygls loads after initialize)"),
+            note="initialize, then pool/stats answered (a server that loads pygls after initialize pays it here)"),
         Row("python_startup_median (baseline)", statistics.median(baseline), "ms",
             note=f"`python -c pass`, N={len(baseline)}"),
-        *[row for label, path, target in FROZEN_BUILDS if path.exists()
-          for row in await frozen_spawn_rows(counts, tmp, label, path, target)],
+        *await agent_ready_rows(counts, tmp, "source", None),
+        *[row for label, path, target in SERVER.frozen_builds()
+          for row in [*await frozen_spawn_rows(counts, tmp, label, path, target),
+                      *await agent_ready_rows(counts, tmp, label, path)]],
     ]
 
 
@@ -446,12 +557,100 @@ async def bench_chunks(counts: Counts, tmp: TempDirs) -> list[Row]:
             20_000, lower_is_better=False, note=f"{shape}, {spread(runs, 'deltas_per_s')}"),
         Row("text_chunk_events_per_s (first chunk to done)", median_of(runs, "events_per_s"), "events/s",
             note=spread(runs, "events_per_s")),
-        Row("text_chunk_deltas_per_s (send to done)", median_of(runs, "send_to_done_deltas_per_s"), "deltas/s",
-            note=spread(runs, "send_to_done_deltas_per_s")),
+        goal("text_chunk_deltas_per_s (send to done)", median_of(runs, "send_to_done_deltas_per_s"), "deltas/s",
+             100_000, higher_is_better=True,
+             note=f"issue 10's source chunks/s: all persisted and delivered, {spread(runs, 'send_to_done_deltas_per_s')}"),
         Row("text_chunk_first_latency", median_of(runs, "first_chunk_ms"), "ms",
             note=f"agent/send to first text_chunk, {spread(runs, 'first_chunk_ms')}"),
         Row("text_chunk_max_gap", median_of(runs, "max_gap_ms"), "ms",
             note=f"longest silence between chunks, {spread(runs, 'max_gap_ms')}"),
+    ]
+
+
+class TurnWatch:
+    """One turn of one agent as the client sees it: its deltas, tool ends, and `done` (with arrival time)."""
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self.deltas: list[str] = []
+        self.tool_ends: list[dict[str, Any]] = []
+        self.finished: asyncio.Future[tuple[dict[str, Any], float]] = asyncio.get_running_loop().create_future()
+
+    def __call__(self, msg: dict[str, Any], now: float) -> None:
+        if msg.get("method") != "agent/event" or msg["params"]["agentId"] != self.agent_id:
+            return
+        event = msg["params"]["event"]
+        if event["type"] == "text_chunk":
+            self.deltas.append(event["delta"])
+        elif event["type"] == "tool:end":
+            self.tool_ends.append(event)
+        elif event["type"] == "done" and not self.finished.done():
+            self.finished.set_result((event, now))
+
+
+async def timed_turn(client: TimedClient, agent_id: str, expected: str, tools: int = 0) -> tuple[float, int]:
+    """(`agent/send` written -> `done` received in ms, `text_chunk` events); checks the text and the tool calls."""
+    watch = TurnWatch(agent_id)
+    client.on_message = watch
+    try:
+        start = time.perf_counter()
+        await client.request("agent/send", {"agentId": agent_id, "text": "next"})
+        done, done_at = await asyncio.wait_for(watch.finished, timeout=60)
+    finally:
+        client.on_message = None
+    check(done["reason"] == "completed", f"turn ended {done['reason']!r}")
+    check("".join(watch.deltas) == expected, f"turn streamed {''.join(watch.deltas)[:60]!r}, expected {expected[:60]!r}")
+    check(len(watch.tool_ends) == tools, f"{len(watch.tool_ends)} tool:end events, expected {tools}")
+    return (done_at - start) * 1000, len(watch.deltas)
+
+
+async def bench_turns(counts: Counts, tmp: TempDirs) -> list[Row]:
+    """Per-turn cost of a reply (issue 10), send -> done as the client sees it.
+
+    (1) A scripted reply of 100 chunks, `turns` times on one agent after `turn_warmup`
+    untimed turns: median, p95, and growth (median of the last `growth_window` turns /
+    median of the first), which shows a cost that rises with the agent's history.
+    (2) A turn with one `fs_read` (readonly mode, so no approval) of a 200-line file,
+    then a 10-chunk reply: two model calls, a tool call and its events, in one turn.
+    """
+    chunks = [f"w{i} " for i in range(CHUNKS_PER_REPLY)]
+    reply = "".join(chunks)
+    tool_chunks = [f"r{i} " for i in range(TOOL_REPLY_CHUNKS)]
+    work_dir = tmp.new("work")
+    Path(work_dir, "notes.txt").write_text("".join(f"line {i}: some text to read\n" for i in range(200)))
+    tool_script = [step for _ in range(counts.turn_warmup + counts.tool_turns)
+                   for step in ({"toolCalls": [{"name": "fs_read", "input": {"path": "notes.txt"}}]},
+                                {"chunks": tool_chunks})]
+    async with running_server(tmp) as client:
+        agent_id = await create_agent(client, {"provider": "scripted",
+                                               "script": [{"chunks": chunks}] * (counts.turn_warmup + counts.turns)})
+        for _ in range(counts.turn_warmup):
+            await timed_turn(client, agent_id, reply)
+        timed = [await timed_turn(client, agent_id, reply) for _ in range(counts.turns)]
+        info = await client.request("agent/create", {"model": {"provider": "scripted", "script": tool_script},
+                                                     "permission": {"mode": "readonly"},
+                                                     "sandbox": {"workDir": work_dir}})
+        tool_agent = str(info["agentId"])
+        for _ in range(counts.turn_warmup):
+            await timed_turn(client, tool_agent, "".join(tool_chunks), tools=1)
+        tool_timed = [await timed_turn(client, tool_agent, "".join(tool_chunks), tools=1)
+                      for _ in range(counts.tool_turns)]
+    samples, tool_samples = [t[0] for t in timed], [t[0] for t in tool_timed]
+    events = statistics.median(t[1] for t in timed)
+    w = counts.growth_window
+    first, last = statistics.median(samples[:w]), statistics.median(samples[-w:])
+    shape = f"{CHUNKS_PER_REPLY}-chunk scripted reply, {counts.turns} turns on one agent after {counts.turn_warmup} warm-up"
+    tool_shape = (f"fs_read of 200 lines + {TOOL_REPLY_CHUNKS}-chunk reply, {counts.tool_turns} turns "
+                  f"after {counts.turn_warmup} warm-up")
+    return [
+        goal("turn_100_chunks_median", statistics.median(samples), "ms", 2,
+             note=f"send -> done, {shape}, {events:g} text_chunk events a turn (median)"),
+        goal("turn_100_chunks_p95", percentile(samples, 95), "ms", 4, note=f"N={len(samples)}, max {max(samples):.1f}"),
+        goal("turn_100_chunks_growth", last / first, "x", 1.1,
+             note=f"median of last {w} turns / first {w}: {last:.2f} / {first:.2f} ms"),
+        goal("turn_fs_read_median", statistics.median(tool_samples), "ms", 3, note=f"send -> done, {tool_shape}"),
+        goal("turn_fs_read_p95", percentile(tool_samples, 95), "ms", 6,
+             note=f"N={len(tool_samples)}, max {max(tool_samples):.1f}"),
     ]
 
 
@@ -526,8 +725,8 @@ class RawServer:
     @classmethod
     async def spawn(cls, env: dict[str, str]) -> "RawServer":
         proc = await asyncio.create_subprocess_exec(
-            *server_command(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL, env=env, limit=1 << 26)
+            *server_command(exe=SERVER.exe), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, env=env, cwd=server_cwd(env), limit=1 << 26)
         return cls(proc)
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -617,6 +816,102 @@ async def bench_resume(counts: Counts, tmp: TempDirs) -> list[Row]:
     ]
 
 
+async def build_transcript(tmp: TempDirs, messages: int) -> tuple[str, str, int]:
+    """A data dir holding one echo agent with `messages` messages; (data dir, agent id, its lastSeq).
+
+    Each text has no whitespace, so echo streams it as one delta: a turn is two messages
+    and 11 events (2 state_changed, 3 breakpoint_changed, text_chunk_start, text_chunk,
+    text_chunk_end, token_usage, step_complete, done), 1,000 messages ~ 5,500 events.
+    """
+    data_dir = tmp.new("transcript")
+    async with running_server(tmp, data_dir) as client:
+        agent_id = await create_agent(client, {"provider": "echo"})
+        for turn in range(messages // 2):
+            text = f"message-{turn}:" + "-lorem-ipsum-dolor-sit-amet" * 6
+            result = await complete(client, agent_id, text)
+            check(result["text"] == text, f"echo answered {result['text'][:60]!r}")
+        status = await client.request("agent/status", {"agentId": agent_id})
+        check(status["messageCount"] == messages, f"transcript agent has {status['messageCount']} messages")
+    return data_dir, agent_id, int(status["lastSeq"])
+
+
+@dataclass
+class TranscriptRun:
+    total_ms: float
+    initialize_ms: float
+    replayed: int
+
+
+async def spawn_to_transcript_ms(tmp: TempDirs, source: str, agent_id: str, min_events: int,
+                                 binary: Path | None = None) -> TranscriptRun:
+    """Spawn -> `initialize` -> `agent/resume {since: 0}` answered with every event received.
+
+    Each run copies the data dir first (untimed), so every run resumes the same history
+    (a resume appends `agent_resumed`). The end is the arrival of the resume response,
+    taken in the client's read loop, which has by then delivered every replayed event
+    (counted at that moment and checked against `replayed`).
+    """
+    data_dir = tmp.new("data")
+    shutil.copytree(source, data_dir, dirs_exist_ok=True)
+    env = server_env(tmp, data_dir)
+    replay_seen = 0
+    at_response: list[tuple[float, int]] = []
+
+    def on_message(msg: dict[str, Any], now: float) -> None:
+        nonlocal replay_seen
+        if msg.get("method") == "agent/event":
+            replay_seen += bool(msg["params"].get("replay"))
+        elif isinstance(msg.get("result"), dict) and "replayed" in msg["result"]:
+            at_response.append((now, replay_seen))
+
+    start = time.perf_counter()
+    client = await start_server(env, exe_of(binary))
+    initialized = (time.perf_counter() - start) * 1000
+    client.on_message = on_message
+    try:
+        result = await client.request("agent/resume", {"agentId": agent_id, "since": 0}, timeout=300)
+    except BaseException:
+        client.kill()
+        await client.wait_exit()
+        raise
+    check(len(at_response) == 1, "agent/resume response not seen by the timing hook")
+    answered, seen = at_response[0]
+    client.on_message = None
+    replayed = check_replay(client, agent_id, min_events, result)
+    check(seen == replayed, f"{seen} replayed events had arrived with the response, {replayed} in all")
+    await stop_server(client)
+    return TranscriptRun((answered - start) * 1000, initialized, replayed)
+
+
+async def transcript_rows(counts: Counts, tmp: TempDirs, source: str, agent_id: str, min_events: int,
+                          label: str, binary: Path | None) -> list[Row]:
+    runs = [await spawn_to_transcript_ms(tmp, source, agent_id, min_events, binary)
+            for _ in range(counts.transcript_runs)]
+    suffix = "" if binary is None else f"_{label}"
+    return [
+        goal(f"spawn_to_transcript{suffix}_median", median_of(runs, "total_ms"), "ms", TRANSCRIPT_TARGETS[label],
+             note=f"spawn -> initialize -> agent/resume since 0 answered, {counts.transcript_messages:,} messages, "
+                  f"{runs[0].replayed:,} events received, {spread(runs, 'total_ms')}, "
+                  f"initialize at {median_of(runs, 'initialize_ms'):.0f}"),
+    ]
+
+
+async def bench_transcript(counts: Counts, tmp: TempDirs) -> list[Row]:
+    """Editor restart -> transcript back (issue 10).
+
+    The editor reloads: it spawns a new server, initializes it and resumes its agent
+    with `since: 0` to rebuild the chat; the user sees an empty panel until the last
+    replayed event is in. The agent (echo, small config, like a real one) is built once;
+    each run is a fresh server process on a copy of that data dir.
+    """
+    source, agent_id, last_seq = await build_transcript(tmp, counts.transcript_messages)
+    return [
+        *await transcript_rows(counts, tmp, source, agent_id, last_seq, "source", None),
+        *[row for label, path, _ in SERVER.frozen_builds()
+          for row in await transcript_rows(counts, tmp, source, agent_id, last_seq, label, path)],
+    ]
+
+
 async def fill_agent(client: RpcClient, agent_id: str, turns: int) -> None:
     for turn in range(turns):
         text = f"{agent_id} message {turn}: " + "lorem ipsum " * 8
@@ -644,7 +939,9 @@ async def bench_memory(counts: Counts, tmp: TempDirs) -> list[Row]:
     async with running_server(tmp) as client:
         pid = client.proc.pid
         idle = rss_mb(pid)
-        agent_ids = [await create_agent(client, {"provider": "echo"}) for _ in range(counts.agents)]
+        agent_ids = [await create_agent(client, {"provider": "echo"})]
+        fresh = rss_mb(pid)  # "agent ready": initialize + agent/create answered
+        agent_ids += [await create_agent(client, {"provider": "echo"}) for _ in range(counts.agents - 1)]
         start = time.perf_counter()
         await asyncio.gather(*(fill_agent(client, a, counts.turns_per_agent) for a in agent_ids))
         fill_s = time.perf_counter() - start
@@ -657,7 +954,10 @@ async def bench_memory(counts: Counts, tmp: TempDirs) -> list[Row]:
         Row("rss_loaded", loaded, "MB", 100, note=shape),
         Row("rss_peak_loaded (VmHWM)", peak, "MB", note=shape),
         Row("rss_idle_after_initialize (baseline)", idle, "MB"),
-        Row("rss_per_agent", per_agent, "KB", note="(loaded - idle) / agents"),
+        goal("rss_fresh (agent ready)", fresh, "MiB", 45, note="VmRSS after initialize + agent/create answered"),
+        goal("rss_per_agent", per_agent, "KB", 0.27 * 1024,
+             note="(loaded - idle) / agents; target 0.27 MiB"
+                  + ("" if per_agent is None else f", = {per_agent / 1024:.3f} MiB")),
         Row("echo_turns_per_s (while filling)", turns / fill_s, "turns/s",
             note=f"{turns:,} agent/complete, {counts.agents} agents in parallel"),
     ]
@@ -742,6 +1042,8 @@ MEASUREMENTS: list[tuple[str, Callable[[Counts, TempDirs], Awaitable[list[Row]]]
     ("status", bench_status),
     ("chunks", bench_chunks),
     ("resume", bench_resume),
+    ("transcript", bench_transcript),
+    ("turns", bench_turns),
     ("memory", bench_memory),
     ("provider", bench_provider),
 ]
@@ -750,20 +1052,33 @@ MEASUREMENTS: list[tuple[str, Callable[[Counts, TempDirs], Awaitable[list[Row]]]
 # --- running and reporting ----------------------------------------------------------
 
 
-async def run_all(counts: Counts, tmp: TempDirs) -> tuple[list[Row], list[str]]:
-    rows: list[Row] = []
-    errors: list[str] = []
+@dataclass
+class RunResult:
+    server: ServerUnderTest
+    rows: list[Row] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+async def run_all(counts: Counts, tmp: TempDirs, servers: list[ServerUnderTest]) -> list[RunResult]:
+    """Every measurement for every server; with a baseline, each measurement runs for the
+    baseline and right after it for the server under test, so both see the same machine."""
+    global SERVER
+    results = [RunResult(server) for server in servers]
     for name, measure in MEASUREMENTS:
-        start = time.perf_counter()
-        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        try:
-            rows.extend(await measure(counts, tmp))
-        except Exception as exc:  # one broken measurement must not hide the others
-            traceback.print_exc()
-            errors.append(f"{name}: {type(exc).__name__}: {exc}")
-            rows.append(Row(name, None, "", note=f"{type(exc).__name__}: {exc}", error=True))
-        print(f"[bench] {name} took {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    return rows, errors
+        for result in results:
+            SERVER = result.server
+            start = time.perf_counter()
+            print(f"[bench] {name} ({result.server.label}) ...", file=sys.stderr, flush=True)
+            try:
+                result.rows.extend(await measure(counts, tmp))
+            except Exception as exc:  # one broken measurement must not hide the others
+                traceback.print_exc()
+                result.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                result.rows.append(Row(name, None, "", note=f"{type(exc).__name__}: {exc}", error=True))
+            print(f"[bench] {name} ({result.server.label}) took {time.perf_counter() - start:.1f} s",
+                  file=sys.stderr, flush=True)
+    SERVER = servers[-1]
+    return results
 
 
 def machine_info() -> dict[str, Any]:
@@ -777,6 +1092,8 @@ def machine_info() -> dict[str, Any]:
         "kode_rpc": kode_version,
         "bytecode_cache": "off (PYTHONDONTWRITEBYTECODE)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "server": SERVER.describe(),
+        "frozen": {label: str(path) for label, path, _ in SERVER.frozen_builds()},
     }
 
 
@@ -793,40 +1110,130 @@ def render_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, rows: list[Row], errors: list[str], quick: bool, counts: Counts, seconds: float) -> None:
+def render_comparison(before: dict[str, Any], rows: list[Row], label_now: str = "now") -> str:
+    """`before` (an earlier JSON report, e.g. of an older commit) beside this run, row by row."""
+    old = {r["name"]: r for r in before["results"]}
+    label = before.get("label") or "before"
+    header = ("name", label, label_now, "unit", "target", f"{label_now} result", f"{label} result")
+    cells = [header]
+    for r in rows:
+        b = old.pop(r.name, None)
+        cells.append((r.name, fmt(b["value"]) if b else "-", fmt(r.value), r.unit, r.target_text, r.status,
+                      b["status"] if b else "-"))
+    for name, b in old.items():  # rows only the earlier run has
+        cells.append((name, fmt(b["value"]), "-", b["unit"], "-", "-", b["status"]))
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = []
+    for i, c in enumerate(cells):
+        lines.append("  ".join([c[0].ljust(widths[0]), c[1].rjust(widths[1]), c[2].rjust(widths[2]),
+                                *(c[j].ljust(widths[j]) for j in range(3, len(header)))]).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def report_of(result: RunResult, quick: bool, counts: Counts, seconds: float) -> dict[str, Any]:
+    global SERVER
+    current, SERVER = SERVER, result.server
+    try:
+        info = machine_info()
+    finally:
+        SERVER = current
+    return {"machine": info, "label": result.server.label, "mode": "quick" if quick else "full",
+            "counts": asdict(counts), "duration_s": round(seconds, 1), "errors": result.errors,
+            "results": [r.to_json() for r in result.rows]}
+
+
+def write_json(path: Path, report: dict[str, Any], baseline: dict[str, Any] | None) -> None:
+    """The run's report; a baseline measured in the same run is kept under `baseline`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine_info(), "mode": "quick" if quick else "full", "counts": asdict(counts),
-              "duration_s": round(seconds, 1), "errors": errors, "results": [r.to_json() for r in rows]}
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps({**report, **({"baseline": baseline} if baseline else {})}, indent=2) + "\n",
+                    encoding="utf-8")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark kode-rpc over its real stdio transport.")
-    parser.add_argument("--quick", action="store_true", help="small counts, a smoke run of every measurement (< 20 s)")
+    parser.add_argument("--quick", action="store_true", help="small counts, a smoke run of every measurement (< 60 s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (default {DEFAULT_OUT})")
+    parser.add_argument("--server", help="server executable run as `EXE serve` (default: $KODE_RPC_SERVER, "
+                                         "else this interpreter's `-m kode_rpc`)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set in every server's environment, e.g. PYTHONPATH=/tmp/perf-old (repeatable)")
+    parser.add_argument("--label", default="now", help="name of this run in the JSON report and in a later --compare")
+    parser.add_argument("--compare", type=Path, metavar="JSON",
+                        help="an earlier report (e.g. of an older commit) printed beside this run")
+    parser.add_argument("--baseline-server", metavar="EXE",
+                        help="also measure this server (e.g. an older commit's), each measurement right before "
+                             "the server under test's, and print both side by side")
+    parser.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set in the baseline servers' environment (repeatable); without --baseline-server "
+                             "the baseline is `python -m kode_rpc` with these, e.g. PYTHONPATH=/tmp/perf-old")
+    parser.add_argument("--baseline-onedir", type=Path, metavar="BINARY",
+                        help="the baseline's one-dir build, measured beside it (default: none)")
+    parser.add_argument("--baseline-label", default="before", help="its name in the tables and JSON (default: before)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help=f"run only these measurements (repeatable): {', '.join(n for n, _ in MEASUREMENTS)}")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     counts = QUICK if args.quick else FULL
+    try:
+        current = ServerUnderTest(args.server, parse_env(args.server_env), args.label)
+        servers = [current]
+        if args.baseline_server or args.baseline_env:
+            frozen: list[tuple[str, Path, float | None]] = (
+                [("onedir", args.baseline_onedir, 400.0)] if args.baseline_onedir else [])
+            servers.insert(0, ServerUnderTest(args.baseline_server, parse_env(args.baseline_env),
+                                              args.baseline_label, frozen))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.only:
+        unknown = set(args.only) - {n for n, _ in MEASUREMENTS}
+        if unknown:
+            print(f"--only: unknown measurement(s) {sorted(unknown)}", file=sys.stderr)
+            return 2
+        MEASUREMENTS[:] = [(n, m) for n, m in MEASUREMENTS if n in args.only]
+    before = json.loads(args.compare.read_text(encoding="utf-8")) if args.compare else None
     tmp = TempDirs()
     start = time.perf_counter()
     try:
-        rows, errors = asyncio.run(run_all(counts, tmp))
+        results = asyncio.run(run_all(counts, tmp, servers))
     finally:
         tmp.cleanup()
     seconds = time.perf_counter() - start
-    info = machine_info()
+    reports = [report_of(r, args.quick, counts, seconds) for r in results]
+    info = reports[-1]["machine"]
     print(f"kode-rpc {info['kode_rpc']} bench ({'quick' if args.quick else 'full'}), Python {info['python']}, "
           f"{info['platform']}, {info['cpu_count']} CPUs, bytecode cache {info['bytecode_cache']}, "
           f"{info['date']}, {seconds:.1f} s")
-    print(render_table(rows))
-    write_json(args.out, rows, errors, args.quick, counts, seconds)
+    print(f"server: {info['server']}")
+    print(render_table(results[-1].rows))
+    baseline = reports[0] if len(reports) > 1 else None
+    for other, source in ((baseline, "measured in this run, each measurement just before"),
+                          (before, str(args.compare))):
+        if other is not None:
+            print(f"\n{other.get('label') or 'before'} ({source}): {other['machine'].get('server', '?')}, "
+                  f"{other['machine']['date']}, {other['mode']}")
+            print(render_comparison(other, results[-1].rows, results[-1].server.label))
+    write_json(args.out, reports[-1], baseline)
     print(f"wrote {args.out}")
+    errors = [f"{r.server.label}: {e}" for r in results for e in r.errors]
     for error in errors:
         print(f"ERROR {error}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"NAME=VALUE expected, got {item!r}")
+        env[name] = value
+    return env
 
 
 if __name__ == "__main__":

@@ -155,3 +155,8 @@ async def test_every_result_and_event_matches_its_golden_fixture(
         check("events", etype, normalize(first[etype], paths))
     approval = next(m for m in c.messages if m.get("method") == "approval/request")
     check("requests", "approval_request", normalize(approval["params"], paths))
+
+
+def test_the_fast_chunk_events_equal_their_models() -> None:
+    for kind, model in (("text", ev.TextChunk), ("think", ev.ThinkChunk)):
+        assert ev.chunk(kind, 3, "héllo ").wire() == model(step=3, delta="héllo ").wire()  # type: ignore[arg-type]

@@ -47,6 +47,24 @@ class TextChunk(WireModel):
     delta: str
 
 
+class Chunk:
+    """A streamed `text_chunk` / `think_chunk` event, built without pydantic: the one hot
+    event (one per token). `wire()` equals `TextChunk(...).wire()` / `ThinkChunk(...).wire()`
+    (tests/test_golden.py checks it), so it cannot drift from the models."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def wire(self) -> dict[str, Any]:
+        return self._data
+
+
+def chunk(kind: Literal["text", "think"], step: int, delta: str) -> Chunk:
+    return Chunk({"type": f"{kind}_chunk", "step": step, "delta": delta})
+
+
 class TextChunkEnd(WireModel):
     type: Literal["text_chunk_end"] = "text_chunk_end"
     step: int

@@ -76,6 +76,7 @@ class Agent(ToolCalls, Approvals, Recovery):
         self.pending: dict[str, PendingApproval] = {}
         self.decided: dict[str, dict[str, Any]] = {}
         self.runner: asyncio.Task[None] | None = None
+        self._model_config: dict[str, Any] | None = None
         self.executing = 0
         """Tool calls running right now (a call may run while a sibling waits on approval)."""
         self.pins = 0
@@ -108,7 +109,7 @@ class Agent(ToolCalls, Approvals, Recovery):
     def touch(self) -> None:
         self.last_active = time.monotonic()
 
-    def emit(self, event: ev.Event, turn_id: str | None = None) -> Envelope:
+    def emit(self, event: ev.Event | ev.Chunk, turn_id: str | None = None) -> Envelope:
         """Emit an event built from its wire model (so no field can be forgotten)."""
         return self.svc.events.emit(self.id, event, turn_id)
 
@@ -161,6 +162,7 @@ class Agent(ToolCalls, Approvals, Recovery):
             self.config.permission.mode = mode  # type: ignore[assignment]
         if model is not None:
             self.config.model = ModelConfig.model_validate(model)
+            self._model_config = None
         self.row.config = self.config.wire()
         return self.svc.store.update_agent(self.id, config=self.row.config)
 
@@ -281,10 +283,13 @@ class Agent(ToolCalls, Approvals, Recovery):
             self.turns.pop(tid, None)
 
     def model_config(self) -> dict[str, Any]:
-        """The agent's model config over the configured provider defaults (never a key)."""
-        model = self.config.model
-        assert model is not None
-        return self.svc.settings.model_defaults(model.wire())
+        """The agent's model config over the configured provider defaults (never a key).
+        Computed once per config: a scripted model's config holds its whole script."""
+        if self._model_config is None:
+            model = self.config.model
+            assert model is not None
+            self._model_config = self.svc.settings.model_defaults(model.wire())
+        return self._model_config
 
     async def _model_step(self, turn: Turn, step: int, out: StepOutput) -> None:
         tid = turn.id
@@ -321,7 +326,7 @@ class Agent(ToolCalls, Approvals, Recovery):
                         open_kind = kind
                         self.emit((ev.TextChunkStart if kind == "text" else ev.ThinkChunkStart)(step=step), tid)
                     (out.text if kind == "text" else out.thinking).append(delta.text)
-                    self.emit((ev.TextChunk if kind == "text" else ev.ThinkChunk)(step=step, delta=delta.text), tid)
+                    self.emit(ev.chunk(kind, step, delta.text), tid)
                 elif isinstance(delta, RedactedThinking):
                     out.redacted.append(delta.data)
                 elif isinstance(delta, ToolCallRequest):

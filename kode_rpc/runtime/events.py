@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import secrets
 from ..protocol.base import WireModel
-from ..protocol.events import channel_of
+from ..protocol.events import Chunk, channel_of
 from ..store.base import EventRow, Store
 from .util import now_iso
 
@@ -93,7 +93,7 @@ class EventLog:
             subs.remove(subscriber)
 
     # --- emitting --------------------------------------------------------------
-    def emit(self, agent_id: str, model: WireModel, turn_id: str | None = None) -> Envelope:
+    def emit(self, agent_id: str, model: WireModel | Chunk, turn_id: str | None = None) -> Envelope:
         """Store and deliver an event built from its wire model (`protocol/events.py`);
         `await envelope.delivered` to wait until it is durable."""
         event = model.wire()

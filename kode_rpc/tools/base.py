@@ -21,7 +21,7 @@ OutputStream = Literal["stdout", "stderr"]
 class ToolInput(BaseModel):
     """Base of tool input models: snake_case field names exactly as the contract spells them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use, off start-up
 
 
 @dataclass
