@@ -55,11 +55,12 @@ def kinds(updates: list[dict[str, Any]]) -> list[str]:
     return [u["sessionUpdate"] for u in updates]
 
 
-def session(model: dict[str, Any] | None = None, mode: str = "approval", **extra: Any) -> dict[str, Any]:
+def session(model: dict[str, Any] | None = None, mode: str = "approval", label: str = "new",
+            **extra: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {"permission": {"mode": mode}}
     if model is not None:
         meta["model"] = model
-    return {"op": "newSession", "label": "new", "_meta": {"kode": meta}, **extra}
+    return {"op": "newSession", "label": label, "_meta": {"kode": meta}, **extra}
 
 
 @pytest.fixture
@@ -292,3 +293,50 @@ def test_kode_agent_loads_over_acp_and_errors(acp_env: dict[str, str], work_dir:
     assert step(out, "nomethod")["error"]["code"] == -32601
     assert step(out, "badmode")["error"]["code"] == -32602
     assert out["exit"]["code"] == 0
+
+
+def test_hostile_lines_meta_overrides_big_prompts_and_eof_mid_turn(acp_env: dict[str, str], work_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    big = "x" * (2 * 1024 * 1024)
+    out = drive([
+        {"op": "initialize"},
+        {"op": "raw", "line": "this is not json"},
+        {"op": "raw", "line": "null"},
+        {"op": "raw", "line": "42"},
+        {"op": "raw", "line": "[1, 2]"},
+        {"op": "raw", "line": '{"jsonrpc":"2.0","id":"nan","method":"session/list","params":{"cursor":NaN}}'},
+        {"op": "request", "label": "meta", "method": "session/new",
+         "params": {"cwd": str(work_dir), "mcpServers": [], "_meta": {"cwd": str(other), "session_id": "x"}}},
+        session(None, mode="auto", label="echo-new"),
+        {"op": "prompt", "label": "big", "text": big},
+        session(scripted({"text": "slow", "delayMs": 30000}), label="slow-new"),
+        {"op": "prompt", "label": "slow", "text": "wait", "wait": False, "as": "slow"},
+        {"op": "waitFor", "sessionUpdate": "usage_update", "count": 0, "since": "lastPrompt", "timeoutMs": 10},
+        {"op": "sleep", "ms": 300},
+        {"op": "closeStdin"},
+        {"op": "wait", "name": "slow"},
+        {"op": "waitExit", "timeoutMs": 5000},
+    ], acp_env, work_dir)
+    errors = [m["msg"] for m in out["messages"] if m["dir"] == "in" and "error" in m["msg"] and m["msg"].get("id") is None]
+    assert sorted(e["error"]["code"] for e in errors) == [-32700, -32700, -32600, -32600, -32600], errors
+    meta = step(out, "meta")["result"]
+    listed = [s for s in out["steps"] if s.get("label") == "meta"]
+    assert meta["sessionId"] and listed
+    big_step = step(out, "big")
+    assert big_step["result"] == {"stopReason": "end_turn"}, "a 2 MiB prompt (echo) is read whole"
+    assert "".join(u["content"]["text"] for u in big_step["updates"] if u["sessionUpdate"] == "agent_message_chunk") == big
+    assert step(out, "slow")["result"] == {"stopReason": "cancelled"}, "stdin EOF cancels the running prompt first"
+    assert out["exit"]["code"] == 0 and out["exit"]["afterEofMs"] < 2000
+
+    import asyncio
+
+    async def where() -> str:
+        c = await RpcClient.spawn(env=acp_env)
+        await c.initialize()
+        status = await c.request("agent/status", {"agentId": meta["sessionId"]})
+        await c.close()
+        return status["workDir"]
+
+    assert asyncio.run(where()) == str(work_dir), "_meta cannot override cwd"

@@ -193,6 +193,38 @@ def test_schema_is_the_same_as_from_source(frozen_binary: Path, frozen_env: dict
     assert json.loads(res.stdout) == json.loads(json.dumps(protocol_schema(kode_rpc.__version__)))
 
 
+def test_acp_mode_serves_a_prompt(frozen_binary: Path, frozen_env: dict[str, str], home: Path) -> None:
+    """`kode-rpc acp` from the binary: initialize, a session, an echo prompt, exit on EOF."""
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": 1}},
+        {"jsonrpc": "2.0", "id": 2, "method": "session/new", "params": {"cwd": str(home), "mcpServers": []}},
+    ]
+    proc = subprocess.Popen([str(frozen_binary), "acp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=frozen_env, cwd=home)
+    assert proc.stdin is not None and proc.stdout is not None
+    for line in lines:
+        proc.stdin.write((json.dumps(line) + "\n").encode())
+    proc.stdin.flush()
+    replies = [json.loads(proc.stdout.readline()) for _ in lines]
+    assert replies[0]["result"]["agentInfo"]["name"] == "kode-rpc"
+    sid = replies[1]["result"]["sessionId"]
+    prompt = {"jsonrpc": "2.0", "id": 3, "method": "session/prompt",
+              "params": {"sessionId": sid, "prompt": [{"type": "text", "text": "frozen acp"}]}}
+    proc.stdin.write((json.dumps(prompt) + "\n").encode())
+    proc.stdin.flush()
+    text = ""
+    while True:
+        msg = json.loads(proc.stdout.readline())
+        if msg.get("method") == "session/update" and msg["params"]["update"]["sessionUpdate"] == "agent_message_chunk":
+            text += msg["params"]["update"]["content"]["text"]
+        if msg.get("id") == 3:
+            assert msg["result"]["stopReason"] == "end_turn"
+            break
+    assert text == "frozen acp"
+    proc.stdin.close()
+    assert proc.wait(RUN_TIMEOUT) == 0
+
+
 async def test_first_start_echo_turn_and_clean_exit(spawn: Spawn, frozen_env: dict[str, str], home: Path,
                                                     frozen_binary: Path, tmp_path: Path) -> None:
     c = await spawn(init=False)

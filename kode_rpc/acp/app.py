@@ -1,8 +1,9 @@
 """`kode-rpc acp`: the ACP face on stdin/stdout (newline-delimited JSON-RPC).
 
 Same runtime, store and data dir as `kode-rpc serve`; the official SDK
-(`agent-client-protocol`) reads and writes the frames. stdout carries frames only
-(the SDK gets the protocol's own handle on fd 1; fd 1 itself points at stderr).
+(`agent-client-protocol`) dispatches the messages and supplies the schema types,
+while framing and stdio are the server's own (`transport.py`): lines up to 64 MiB,
+stdout carrying frames only (fd 1 itself points at stderr).
 stdin EOF, SIGTERM and SIGINT end the process through one graceful shutdown
 (turns interrupted, pending approvals kept, tool process trees killed), exit 0.
 """
@@ -25,52 +26,45 @@ from ..server.rpc import take_stdout
 
 log = logging.getLogger(__name__)
 
-STDIO_LIMIT = 64 * 1024 * 1024
-"""Longest line read (the SDK's default is 64 KiB; prompts with embedded files are bigger)."""
-
-
-async def _streams(proto_out: BinaryIO) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """The SDK's stdio streams, its writer on our protocol handle rather than fd 1."""
-    from acp.stdio import stdio_streams
-
-    saved = sys.stdout
-    sys.stdout = proto_out  # type: ignore[assignment]  # read once, for its file descriptor
-    try:
-        return await stdio_streams(limit=STDIO_LIMIT)
-    finally:
-        sys.stdout = saved
-
-
 async def _main(data_dir: str, proto_out: BinaryIO) -> int:
-    import acp
+    from acp import AgentSideConnection
 
     from .agent import KodeAcpAgent
+    from .transport import StdioTransport
 
     runtime = await open_runtime(data_dir)
     agent = KodeAcpAgent(runtime)
-    reader, writer = await _streams(proto_out)
+    stopped = False
+
+    async def stop_work() -> None:
+        """Interrupt running turns (their prompts answer `cancelled`), keep pending approvals."""
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            try:
+                await runtime.close()
+            except Exception:
+                log.exception("runtime shutdown failed")
+
+    transport = StdioTransport(proto_out, stop_work)
+    conn = AgentSideConnection(agent, transport, listening=False, use_unstable_protocol=True)
     loop = asyncio.get_running_loop()
-    serving = asyncio.ensure_future(acp.run_agent(agent, input_stream=writer, output_stream=reader,
-                                                  use_unstable_protocol=True))
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            loop.add_signal_handler(sig, serving.cancel)
+            loop.add_signal_handler(sig, transport.eof)
         except (NotImplementedError, RuntimeError):  # Windows
-            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(serving.cancel))
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(transport.eof))
+    transport.start()
     log.info("kode-rpc acp serving, data dir %s", data_dir)
     try:
-        await serving
-    except asyncio.CancelledError:
-        log.info("signal received; shutting down")
+        await conn.listen()
     except Exception:
         log.exception("the ACP connection failed")
-    try:
-        await runtime.close()
-    except Exception:
-        log.exception("runtime shutdown failed")
+    await stop_work()
     await agent.close()
     kill_all()
     await runtime.close_store()
+    await transport.close()
     return 0
 
 
