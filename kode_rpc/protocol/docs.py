@@ -147,9 +147,48 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   thinking (never shown as an event) so it can be sent back as the API requires. Besides
   the contract's provider error types, `type` may be `connection`, `invalid_request` or
   `invalid_response`.
-- Not built yet: ACP mode (`initialize` reports
-  `acp: false`), file watching (`file_changed` comes from the file tools themselves),
-  context compression (no `context_compression` events are emitted).
+- Not built yet: file watching (`file_changed` comes from the file tools themselves),
+  context compression (no `context_compression` events are emitted), MCP servers
+  (`mcpServers` is accepted and stored with the agent, never connected), checkpoints,
+  the PostgreSQL and JSON stores, `--http`. `initialize.capabilities.acp` is `true`: this build serves ACP
+  as its own mode (`kode-rpc acp`), not on the kode protocol's connection.
+
+## ACP mode (`kode-rpc acp`): choices where section 10 is silent
+
+- Built on the official Python SDK (`agent-client-protocol` 0.12) for dispatch and the
+  schema types; framing is the server's own (lines up to 64 MiB; a line that is not JSON
+  is `-32700`, a JSON value that is not an object `-32600`, both with `id: null`).
+  `_meta` keys that could name a parameter (identifiers other than `kode`) are dropped
+  before dispatch, so `_meta` cannot replace `cwd` or `sessionId`.
+- The session id is the agent id. `session/new` takes `_meta.kode.{model, permission,
+  templateId, systemPrompt, tools, budget}`; without them the server's default model and
+  the `default` template (`readonly` mode) apply. `additionalDirectories` become
+  `sandbox.allowPaths`.
+- Model option values are `provider/model` (`echo/echo`, `anthropic/claude-sonnet-4-5`);
+  the list holds `echo`, a cloud provider's known models when its key is set (or its
+  configured model), the configured default, and the current one. Changing provider
+  starts from that provider's defaults; the same provider keeps `baseUrl` and the rest.
+- Permission options are `allow_once`, `allow_always` (= `remember`: that tool runs
+  without asking for this agent from then on), `reject_once`, `reject_always` (this call
+  is denied; nothing is remembered). `{outcome: "cancelled"}` denies the call.
+- Tool calls: `tool_call` (status `pending`) when the model asks for one; `in_progress`
+  when it is allowed or produces output; `completed` / `failed` with the result as text
+  content and, for `fs_write`, `fs_edit`, `fs_multi_edit`, a whole-file `diff` per file
+  changed (`oldText` left out for a new file; files over 1 MiB get no diff). `todo_*`
+  calls have kind `think`, MCP tools `other`.
+- `usage_update.used` is the last model call's input + output + cache tokens; `size`
+  the model's context window from the model table; `cost` the session's cumulative cost.
+- Stop reasons: `completed` -> `end_turn`, `interrupted` -> `cancelled`,
+  `budget_exceeded` -> `max_tokens`, `max_steps` -> `max_turn_requests`. A turn that
+  fails on the provider answers the prompt with error `-32020` (`data: {type, message,
+  retryable}`). Other errors: unknown session `-32002`; bad params `-32602`; agent run
+  by another process `-32012`; overloaded `-32001`.
+- `session/load` replays user and agent messages, thoughts, every tool call in its final
+  state and the plan, then answers; re-issued approvals (after a crash) follow the
+  response. `session/resume` re-attaches without replay. `session/list` pages by 50
+  (`nextCursor` is an offset). `session/close` lets an idle agent hibernate.
+- stdin EOF (and SIGTERM/SIGINT) interrupts running turns, lets their prompts answer
+  `cancelled` (up to 1.5 s), keeps pending approvals, and exits 0.
 """
 
 

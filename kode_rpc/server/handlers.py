@@ -83,7 +83,7 @@ class Session:
         return s.InitializeResult(
             server_info=s.ServerInfo(version=__version__),
             capabilities=s.ServerCapabilities(providers=list(AVAILABLE), tools=sorted(builtin_tools()),
-                                              stores=[self.store.name], acp=False),
+                                              stores=[self.store.name], acp=True),
             data_dir=self.data_dir,
         )
 
