@@ -21,6 +21,9 @@ export interface AgentConfig {
   metadata?: {
     [k: string]: unknown;
   } | null;
+  mcpServers?: {
+    [k: string]: unknown;
+  } | null;
 }
 
 export interface ModelConfig {
