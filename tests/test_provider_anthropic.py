@@ -543,3 +543,16 @@ async def test_redacted_thinking_is_kept_and_sent_back(fake: FakeServer) -> None
     await collect(make_request(fake, messages=history, thinking={"budgetTokens": 2048}))
     sent = fake.requests[-1].json["messages"][1]["content"]
     assert sent[0] == {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"}
+
+
+def test_images_in_a_tool_result_are_sent_as_image_blocks() -> None:
+    """An MCP tool's image (in the result's `data`) reaches Claude as an image, not base64 text."""
+    result = {"ok": True, "data": [{"type": "text", "text": "a chart"},
+                                   {"type": "image", "mediaType": "image/png", "data": "iVBORw0KGgo="}]}
+    out = convert_messages([
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "mcp__s__chart", "input": {}}]},
+        {"role": "tool", "content": [{"type": "tool_result", "toolUseId": "t1", "content": result, "isError": False}]},
+    ])
+    content = out[1]["content"][0]["content"]
+    assert content[0]["type"] == "text" and "iVBORw0KGgo=" not in content[0]["text"] and "[image 1: image/png]" in content[0]["text"]
+    assert content[1] == {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}

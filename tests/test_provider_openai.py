@@ -444,3 +444,18 @@ def test_reasoning_models_on_openai_get_max_completion_tokens() -> None:
     assert body("o3-mini", None)["max_completion_tokens"] == 500 and "max_tokens" not in body("o3-mini", None)
     assert body("gpt-4o", None)["max_tokens"] == 500
     assert body("o3-mini", "http://localhost:11434/v1")["max_tokens"] == 500
+
+
+def test_images_in_a_tool_result_follow_as_a_user_message() -> None:
+    from kode_rpc.providers.openai import convert_messages
+
+    result = {"ok": True, "data": [{"type": "image", "mediaType": "image/jpeg", "data": "/9j/4AAQ"}]}
+    out = convert_messages("", [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "mcp__s__photo", "input": {}}]},
+        {"role": "tool", "content": [{"type": "tool_result", "toolUseId": "t1", "content": result, "isError": False}]},
+    ])
+    tool = next(m for m in out if m["role"] == "tool")
+    assert "/9j/4AAQ" not in tool["content"] and "[image 1: image/jpeg]" in tool["content"]
+    user = out[out.index(tool) + 1]
+    assert user["role"] == "user"
+    assert {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}} in user["content"]

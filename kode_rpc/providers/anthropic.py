@@ -37,6 +37,7 @@ from .base import (
     ThinkingDelta,
     ToolCallRequest,
     UsageReport,
+    split_images,
 )
 from .http import api_key, parse_json, sse_post
 
@@ -109,8 +110,14 @@ def convert_block(role: str, block: dict[str, Any]) -> dict[str, Any] | None:
     if kind == "tool_result":
         if role == "assistant":
             return None
+        rest, images = split_images(block.get("content"))
+        content: Any = _tool_result_text(rest)
+        if images:  # a tool_result's content may be a list of text and image blocks
+            content = [{"type": "text", "text": content}] + [
+                {"type": "image", "source": {"type": "base64", "media_type": i.get("mediaType") or "image/png",
+                                             "data": i["data"]}} for i in images]
         return {"type": "tool_result", "tool_use_id": block.get("toolUseId"),
-                "content": _tool_result_text(block.get("content")), "is_error": bool(block.get("isError"))}
+                "content": content, "is_error": bool(block.get("isError"))}
     return None
 
 

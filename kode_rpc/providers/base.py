@@ -95,6 +95,27 @@ class Provider(ABC):
         """Stream one model call. Usage, when known, comes as one `UsageReport`."""
 
 
+def split_images(content: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """A tool result without its image blocks, and the images (`{type: "image", mediaType,
+    data}`), which providers send as images rather than as base64 text. Images sit in the
+    result itself when it is a list of blocks, or in its `data` (MCP tools' results)."""
+    def is_image(block: Any) -> bool:
+        return isinstance(block, dict) and block.get("type") == "image" and isinstance(block.get("data"), str)
+
+    def strip(blocks: list[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
+        images = [b for b in blocks if is_image(b)]
+        kept = [b if not is_image(b) else {"type": "text", "text": f"[image {images.index(b) + 1}: {b.get('mediaType')}]"}
+                for b in blocks]
+        return kept, images
+
+    if isinstance(content, list):
+        return strip(content)
+    if isinstance(content, dict) and isinstance(content.get("data"), list):
+        data, images = strip(content["data"])
+        return {**content, "data": data}, images
+    return content, []
+
+
 def estimate_tokens(text: str) -> int:
     """Rough token count (4 characters a token) for offline providers that have no tokenizer."""
     return max(1, (len(text) + 3) // 4) if text else 0

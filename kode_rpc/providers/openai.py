@@ -42,6 +42,7 @@ from .base import (
     ThinkingDelta,
     ToolCallRequest,
     UsageReport,
+    split_images,
 )
 from .http import api_key, error_for_status, parse_json, sse_post
 
@@ -138,10 +139,17 @@ def convert_messages(system: str, messages: list[dict[str, Any]]) -> list[dict[s
     for message in messages:
         role = message.get("role")
         blocks = _blocks(message.get("content"))
+        images: list[dict[str, Any]] = []
         for block in blocks:
             if block.get("type") == "tool_result":
+                content, found = split_images(block.get("content"))
+                images.extend(found)
                 out.append({"role": "tool", "tool_call_id": block.get("toolUseId", ""),
-                            "content": _result_text(block.get("content"))})
+                            "content": _result_text(content)})
+        if images:  # chat completions has no image in a tool message: they follow as the user's
+            user_images = _user_message([{"type": "text", "text": "Images the tools returned:"}, *images])
+            if user_images is not None:
+                out.append(user_images)
         rest = [b for b in blocks if b.get("type") != "tool_result"]
         if role == "assistant":
             out.append(_assistant_message(rest))
