@@ -963,6 +963,124 @@ async def bench_memory(counts: Counts, tmp: TempDirs) -> list[Row]:
     ]
 
 
+# --- checkpoints ------------------------------------------------------------------------
+
+CHECKPOINT_FILES = 10_000
+CHECKPOINT_FILE_BYTES = 10_000
+"""The checkpoint rows' workDir: 10,000 files of 10 kB (100 MB) in 100 directories."""
+
+
+class EventTimes:
+    """Arrival times (perf_counter) of one agent's events, by type, in order."""
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self.times: dict[str, list[float]] = {}
+
+    def __call__(self, msg: dict[str, Any], now: float) -> None:
+        if msg.get("method") == "agent/event" and msg["params"]["agentId"] == self.agent_id:
+            self.times.setdefault(msg["params"]["event"]["type"], []).append(now)
+
+
+async def watched_turn(client: TimedClient, agent_id: str, text: str) -> tuple[float, EventTimes]:
+    """send -> done in ms, and the arrival times of the turn's events."""
+    times = EventTimes(agent_id)
+    watch = TurnWatch(agent_id)
+
+    def both(msg: dict[str, Any], now: float) -> None:
+        times(msg, now)
+        watch(msg, now)
+
+    client.on_message = both
+    try:
+        start = time.perf_counter()
+        await client.request("agent/send", {"agentId": agent_id, "text": text})
+        done, done_at = await asyncio.wait_for(watch.finished, timeout=300)
+    finally:
+        client.on_message = None
+    check(done["reason"] == "completed", f"turn ended {done['reason']!r}")
+    return (done_at - start) * 1000, times
+
+
+def write_tree(root: str, files: int, size: int) -> None:
+    for i in range(files):
+        d = os.path.join(root, f"d{i % 100:02d}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i}.txt"), "w", encoding="ascii") as fh:
+            fh.write((os.urandom(size // 2).hex() + "\n")[:size])
+
+
+async def bench_checkpoints(counts: Counts, tmp: TempDirs) -> list[Row]:
+    """Checkpoints (contract 14) as an editor feels them.
+
+    (1) A workDir of 10,000 files / 100 MB: the snapshot before the first fs_write of a
+    turn (`tool:start` -> `checkpoint` arrival), first on a fresh agent, then on later
+    turns (median), and the end-of-turn snapshot + diff (`state_changed READY` ->
+    `turn_diff`). (2) What checkpoints add to a turn: the same scripted turns on two
+    agents, one with `checkpoints: false`, in a small workDir (median send -> done
+    difference): a turn with one fs_read (no checkpoint may be taken: checked) and a
+    turn with one fs_write.
+    """
+    runs = max(4, counts.tool_turns // 5)
+    big = tmp.new("cpwork")
+    write_tree(big, CHECKPOINT_FILES, CHECKPOINT_FILE_BYTES)
+    small = tmp.new("cpsmall")
+    write_tree(small, 100, 1000)
+    writes = [step for i in range(runs + 1)
+              for step in ({"toolCalls": [{"name": "fs_write", "input": {"path": f"new{i}.txt", "content": f"{i}\n"}}]},
+                           {"text": "ok"})]
+    reads = [step for _ in range(counts.turn_warmup + runs)
+             for step in ({"toolCalls": [{"name": "fs_read", "input": {"path": "d00/f0.txt"}}]}, {"text": "ok"})]
+    data_dir = tmp.new("data")
+    async with running_server(tmp, data_dir) as client:
+        info = await client.request("agent/create", {"model": {"provider": "scripted", "script": writes},
+                                                     "permission": {"mode": "auto"}, "sandbox": {"workDir": big}})
+        agent = str(info["agentId"])
+        snaps, ends = [], []
+        for i in range(runs + 1):
+            _, t = await watched_turn(client, agent, f"write {i}")
+            check(len(t.times.get("checkpoint", [])) == 1 and len(t.times.get("turn_diff", [])) == 1,
+                  "a fs_write turn takes one checkpoint and sends one turn_diff")
+            snaps.append((t.times["checkpoint"][0] - t.times["tool:start"][0]) * 1000)
+            ends.append((t.times["turn_diff"][0] - t.times["state_changed"][-1]) * 1000)
+        listed = (await client.request("agent/checkpoints", {"agentId": agent}))["checkpoints"]
+        check(len(listed) == runs + 1 and all(c["files"] == 1 for c in listed), "every turn's checkpoint is listed")
+        stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(data_dir, "checkpoints", agent))
+                     for f in fs) / 1e6
+        medians: dict[tuple[str, bool], float] = {}
+        for kind, script in (("read", reads), ("write", writes)):
+            for enabled in (True, False):
+                info = await client.request("agent/create", {
+                    "model": {"provider": "scripted", "script": script}, "checkpoints": enabled,
+                    "permission": {"mode": "auto"}, "sandbox": {"workDir": small if kind == "read" else tmp.new("cpw")}})
+                agent = str(info["agentId"])
+                samples = []
+                for i in range(runs + (counts.turn_warmup if kind == "read" else 1)):
+                    ms, t = await watched_turn(client, agent, "go")
+                    taken = len(t.times.get("checkpoint", []))
+                    check(taken == (1 if kind == "write" and enabled else 0),
+                          f"{kind} turn with checkpoints {enabled}: {taken} checkpoint events")
+                    samples.append(ms)
+                medians[(kind, enabled)] = statistics.median(samples[-runs:])
+    size = f"{CHECKPOINT_FILES:,} files / {CHECKPOINT_FILES * CHECKPOINT_FILE_BYTES / 1e6:.0f} MB"
+    read_cost = medians[("read", True)] - medians[("read", False)]
+    write_cost = medians[("write", True)] - medians[("write", False)]
+    return [
+        Row("checkpoint_first_ms", snaps[0], "ms",
+            note=f"first snapshot of {size} (tool:start -> checkpoint); {stored:.0f} MB on disk after {runs + 1} turns"),
+        Row("checkpoint_next_ms", statistics.median(snaps[1:]), "ms",
+            note=f"later turns, median of {runs}, max {max(snaps[1:]):.1f}; {size}"),
+        Row("checkpoint_turn_end_ms", statistics.median(ends), "ms",
+            note=f"end snapshot + diff of a 1-file turn (READY -> turn_diff), median of {runs + 1}; {size}"),
+        goal("checkpoint_cost_read_turn_ms", read_cost, "ms", 0.5,
+             note=f"fs_read turn, checkpoints on - off: {medians[('read', True)]:.2f} - {medians[('read', False)]:.2f} ms "
+                  f"(no checkpoint taken: checked)"),
+        Row("checkpoint_cost_write_turn_ms", write_cost, "ms",
+            note=f"fs_write turn in a 100-file workDir, on - off: {medians[('write', True)]:.2f} - "
+                 f"{medians[('write', False)]:.2f} ms"),
+    ]
+
+
 # --- provider overhead -------------------------------------------------------------------
 
 
@@ -1046,6 +1164,7 @@ MEASUREMENTS: list[tuple[str, Callable[[Counts, TempDirs], Awaitable[list[Row]]]
     ("turns", bench_turns),
     ("memory", bench_memory),
     ("provider", bench_provider),
+    ("checkpoints", bench_checkpoints),
 ]
 
 

@@ -478,6 +478,10 @@ class Chat:
             t.line(t.dim(f"(retry {ev.get('attempt')} in {ev.get('delayMs')} ms: {err.get('message', '')})"))
         elif etype == "context_compression" and ev.get("phase") == "start":
             t.line(t.dim("(compressing the context…)"))
+        elif etype == "turn_diff":
+            files = ", ".join(f"{f['path']} (+{f['additions']} -{f['deletions']})" if f["change"] == "modified"
+                              else f"{f['path']} ({f['change']})" for f in ev.get("files") or [])
+            t.line(t.dim(f"changed: {files}  (/diff shows it, /rewind undoes it)"))
         elif etype == "agent_resumed" and ev.get("sealed"):
             t.line(t.yellow(f"(resumed after a crash: {len(ev['sealed'])} unfinished tool call(s) sealed)"))
         elif etype == "done":
@@ -666,7 +670,8 @@ class Chat:
     async def repl(self) -> None:
         """Prompt, send, follow, repeat, until EOF, /quit or Ctrl-C at the prompt."""
         t = self.term
-        t.line(t.dim("Type a message; /quit or Ctrl-D to leave; Ctrl-C interrupts a running turn."))
+        t.line(t.dim("Type a message; /quit or Ctrl-D to leave; Ctrl-C interrupts a running turn; "
+                     "/diff, /rewind, /checkpoints."))
         while True:
             t.newline()
             t.write(t.bold("you> "))
@@ -690,7 +695,68 @@ class Chat:
                 continue
             if text.strip() in ("/quit", "/exit"):
                 return
+            if text.split()[0] in ("/diff", "/rewind", "/checkpoints"):
+                await self.command(text.split())
+                continue
             await self.send(text)
+
+    # --- /diff, /rewind, /checkpoints ----------------------------------------------------
+    async def command(self, words: list[str]) -> None:
+        t = self.term
+        try:
+            listed = (await self.call("agent/checkpoints", {"agentId": self.agent_id}))["checkpoints"]
+            if words[0] == "/checkpoints":
+                for cp in listed:
+                    t.line(f"{cp['checkpointId']}  message {cp['messageIndex']}  {cp['files']} file(s)  {cp['createdAt']}")
+                if not listed:
+                    t.line(t.dim("no checkpoints yet (a turn that changes files takes one)"))
+                return
+            named = [w for w in words[1:] if w.startswith("cp_")]
+            cp = next((c for c in listed if c["checkpointId"] == named[0]), None) if named else \
+                (listed[-1] if listed else None)
+            if cp is None:
+                t.line(t.yellow(f"no checkpoint {named[0]}" if named else "no checkpoints yet"))
+                return
+            if words[0] == "/diff":
+                await self.show_diff(cp)
+            else:
+                await self.rewind(cp, words[1:])
+        except RpcError as exc:
+            t.line(t.red(f"error: {exc.message} ({exc.code})"))
+
+    async def show_diff(self, cp: dict[str, Any]) -> None:
+        """The `turn_diff` of a checkpoint's turn (the last one's without an id)."""
+        t = self.term
+        page = await self.call("agent/events", {"agentId": self.agent_id, "since": cp["seq"],
+                                                "channels": ["monitor"]})
+        diff = next((e["event"] for e in page["events"] if e["event"].get("type") == "turn_diff"
+                     and e["event"].get("checkpointId") == cp["checkpointId"]), None)
+        if diff is None:
+            t.line(t.dim(f"{cp['checkpointId']}: the turn changed no files"))
+            return
+        for line in diff["diff"].splitlines():
+            color = t.green if line.startswith("+") and not line.startswith("+++") else \
+                t.red if line.startswith("-") and not line.startswith("---") else \
+                t.bold if line.startswith("diff --git") else (lambda x: x)
+            t.line(color(line))
+        if diff.get("truncated"):
+            t.line(t.dim("… (diff truncated at 1 MiB)"))
+
+    async def rewind(self, cp: dict[str, Any], words: list[str]) -> None:
+        """`/rewind [cp_N] [code|conversation|both] [force]`: back to before that turn."""
+        t = self.term
+        restore = next((w for w in words if w in ("code", "conversation", "both")), "both")
+        res = await self.call("agent/rewind", {"agentId": self.agent_id, "checkpointId": cp["checkpointId"],
+                                               "restore": restore, "force": "force" in words})
+        verb = {"added": "restored", "modified": "restored", "deleted": "removed"}
+        for f in res["files"]:
+            t.line(f"  {verb[f['change']] if res['restored'] else 'would ' + verb[f['change']][:-1]} {f['path']}")
+        if not res["restored"]:
+            t.line(t.yellow(f"not rewound: changed outside the agent since its last turn: {', '.join(res['conflicts'])}"
+                            f" (/rewind {cp['checkpointId']} {restore} force overwrites them)"))
+            return
+        what = {"code": "files", "conversation": "conversation", "both": "files and conversation"}[restore]
+        t.line(t.green(f"rewound {what} to {cp['checkpointId']} (before message {cp['messageIndex']})"))
 
     async def close(self, died: bool = False) -> int:
         """`shutdown` + `exit` and wait for the server; its exit code.

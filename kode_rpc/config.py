@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llamacpp": {"provider": "openai", "baseUrl": "http://localhost:8080/v1"},
 }
 """OpenAI-compatible local servers that need no key: `provider = "ollama"` etc. anywhere a provider is named."""
+
+_MCP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 
@@ -78,6 +81,9 @@ class Settings:
     env_allow: list[str] = field(default_factory=list)
     """`[sandbox] envAllow`: secret-looking variables that tools may see all the same."""
     """Problems found while loading (reported by `kode-rpc doctor`)."""
+    mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """`[mcp_servers.<name>]`: MCP servers every agent gets (wire shape, camelCase keys;
+    checked when an agent connects: a bad entry is that server's `failed` status)."""
 
     def key_env_names(self) -> list[str]:
         """Variables the configured providers and default model read keys from."""
@@ -173,4 +179,10 @@ def load_settings() -> Settings:
     if not isinstance(env_allow, list) or not all(isinstance(n, str) for n in env_allow):
         errors.append("[sandbox] envAllow must be a list of variable names")
         env_allow = []
-    return Settings(model, source, max_agents, providers, retry, prices, debug, errors, env_allow)
+    mcp_servers: dict[str, dict[str, Any]] = {}
+    for name, cfg in (data.get("mcp_servers") or {}).items():
+        if not isinstance(cfg, dict) or not _MCP_NAME.match(name):
+            errors.append(f"[mcp_servers.{name}] must be a table with a name of letters, digits, '_' and '-'")
+            continue
+        mcp_servers[name] = _camel(cfg)  # top-level keys only: env and header names stay as written
+    return Settings(model, source, max_agents, providers, retry, prices, debug, errors, env_allow, mcp_servers)

@@ -281,3 +281,22 @@ def test_failed_turn_is_shown_and_exits_1(chat_env: dict[str, str]) -> None:
     assert res.returncode == 1, res.stdout + res.stderr
     assert "authentication" in res.stdout and "OPENAI_API_KEY" in res.stdout
     assert "[turn ended: error]" in res.stdout
+
+
+def test_diff_and_rewind_commands(chat_env: dict[str, str], tmp_path: Path, work_dir: Path) -> None:
+    (work_dir / "a.txt").write_text("old\n")
+    script = write_script(tmp_path / "s.json",
+                          {"toolCalls": [{"name": "fs_write", "input": {"path": "a.txt", "content": "new\n"}},
+                                         {"name": "fs_write", "input": {"path": "b.txt", "content": "b\n"}}]},
+                          {"text": "Wrote them."})
+    res = run_chat(chat_env, "--script", script, "--mode", "auto", "--work-dir", str(work_dir),
+                   stdin="/diff\nwrite\n/checkpoints\n/diff\n/rewind\n/quit\n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert "no checkpoints yet" in out, "/diff before any turn changed files"
+    assert "changed: a.txt (+1 -1), b.txt (added)  (/diff shows it, /rewind undoes it)" in out
+    assert "cp_1  message 0  2 file(s)" in out
+    assert "diff --git a/a.txt b/a.txt" in out and "-old\n+new\n" in out and "+b\n" in out
+    assert "  restored a.txt\n  removed b.txt\n" in out
+    assert "rewound files and conversation to cp_1 (before message 0)" in out
+    assert (work_dir / "a.txt").read_text() == "old\n" and not (work_dir / "b.txt").exists()

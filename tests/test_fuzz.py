@@ -442,8 +442,11 @@ class Fuzzer:
             return {"agentId": agent, "note": "n"}
         if method == "agent/decide":
             return {"agentId": agent, "approvalId": "apr_nope", "decision": "allow", "note": "n", "remember": False}
-        if method in ("agent/status", "store/consistency"):
+        if method in ("agent/status", "store/consistency", "agent/checkpoints"):
             return {"agentId": agent}
+        if method == "agent/rewind":
+            return {"agentId": agent, "checkpointId": "cp_1", "restore": rng.choice(["code", "conversation", "both"]),
+                    "dryRun": rng.choice([True, False]), "force": False}
         if method == "agent/list":
             return {"prefix": "fz", "limit": 10}
         if method == "agent/messages":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..runtime.errors import InvalidInput
@@ -43,6 +44,9 @@ def content_of(prompt: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+
 def mcp_servers_of(servers: list[Any]) -> dict[str, Any]:
     """ACP's `mcpServers` array as the `.mcp.json` map `AgentConfig.mcpServers` holds."""
     out: dict[str, Any] = {}
@@ -50,6 +54,7 @@ def mcp_servers_of(servers: list[Any]) -> dict[str, Any]:
         name = _get(server, "name")
         if not isinstance(name, str) or not name:
             raise InvalidInput("an MCP server needs a name", "mcpServers", "name is required")
+        name = _UNSAFE_NAME.sub("_", name)[:64]  # editors allow any name; ours become tool names
         kind = _get(server, "type")
         if kind in ("http", "sse"):
             out[name] = {"type": kind, "url": _get(server, "url"),

@@ -124,6 +124,42 @@ class BudgetConfig(WireModel):
     max_tokens: int | None = Field(default=None, gt=0)
 
 
+MCP_SERVER_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+McpServerName = Annotated[str, Field(pattern=MCP_SERVER_NAME_PATTERN)]
+
+
+class McpStdioServer(WireModel):
+    """An MCP server kode-rpc starts as a child process and speaks to on its stdin/stdout.
+    Values in `env` may be `${VAR}` references (resolved when connecting, never stored)."""
+
+    type: Literal["stdio"] | None = None
+    command: str = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    """Working directory (default: the agent's workDir); relative to the workDir when relative."""
+    timeout_ms: int | None = Field(default=None, gt=0)
+    """Longest wait for one tool call (kode-rpc extension; default 60000)."""
+    startup_timeout_ms: int | None = Field(default=None, gt=0)
+    """Longest wait for the server to start and list its tools (kode-rpc extension; default 30000)."""
+
+
+class McpRemoteServer(WireModel):
+    """An MCP server reached over streamable HTTP (`http`, the default with a `url`) or SSE.
+    Values in `headers` may be `${VAR}` references (resolved when connecting, never stored)."""
+
+    type: Literal["http", "sse"] = "http"
+    url: str = Field(pattern=r"^https?://")
+    headers: dict[str, str] | None = None
+    timeout_ms: int | None = Field(default=None, gt=0)
+    """Longest wait for one tool call (kode-rpc extension; default 60000)."""
+    startup_timeout_ms: int | None = Field(default=None, gt=0)
+    """Longest wait for the server to answer and list its tools (kode-rpc extension; default 30000)."""
+
+
+McpServerConfig = Union[McpStdioServer, McpRemoteServer]
+
+
 class AgentConfig(WireModel):
     """Params of `agent/create`; fields override the template's."""
 
@@ -136,9 +172,11 @@ class AgentConfig(WireModel):
     sandbox: SandboxConfig | None = None
     budget: BudgetConfig | None = None
     metadata: dict[str, Any] | None = None
-    mcp_servers: dict[str, Any] | None = None
-    """MCP servers (the `.mcp.json` shape; contract section 12). Accepted and stored with
-    the agent; connecting to them is not built yet."""
+    mcp_servers: dict[McpServerName, McpServerConfig | None] | None = None
+    """MCP servers (the `.mcp.json` shape; contract section 12), over the config file's
+    `[mcp_servers.*]`: an entry of the same name wins, `null` turns a global one off."""
+    checkpoints: bool = True
+    """Snapshot the workDir before a turn changes files, so it can be rewound (contract 14)."""
 
 
 class ModelRef(WireModel):
@@ -211,6 +249,8 @@ class Message(WireModel):
     content: list[ContentBlock]
     turn_id: str | None = None
     created_at: str
+    rewound: bool | None = None
+    """True when an `agent/rewind` took the message out of the model's context (contract 14)."""
 
 
 class Todo(WireModel):
@@ -331,3 +371,44 @@ class TodosResult(WireModel):
 
 class DeleteResult(WireModel):
     deleted: bool
+
+
+class Checkpoint(WireModel):
+    """A snapshot of the workDir taken before a turn's first call that may change files."""
+
+    checkpoint_id: str
+    turn_id: str
+    message_index: int
+    """The index of the turn's user message."""
+    seq: int
+    """The seq of its `checkpoint` event."""
+    created_at: str
+    files: int
+    """Files that turn changed (0 until the turn has ended)."""
+
+
+class CheckpointsResult(WireModel):
+    checkpoints: list[Checkpoint]
+    """Oldest first."""
+
+
+class RewindParams(AgentRef):
+    checkpoint_id: str = Field(min_length=1)
+    restore: Literal["code", "conversation", "both"] = "both"
+    dry_run: bool = False
+    force: bool = False
+
+
+class RewindFile(WireModel):
+    path: str
+    """Relative to workDir, `/`-separated."""
+    change: Literal["added", "modified", "deleted"]
+    """What the rewind does (did) to the file."""
+
+
+class RewindResult(WireModel):
+    restored: bool
+    files: list[RewindFile]
+    conflicts: list[str]
+    """Files changed outside the agent since its last turn ended; with any and no
+    `force`, nothing is restored."""

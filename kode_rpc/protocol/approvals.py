@@ -8,7 +8,7 @@ from pydantic import Field
 
 from .agents import AgentInfo, Breakpoint, Todo, Usage
 from .base import WireModel
-from .events import ToolCall
+from .events import McpServerStatus, ToolCall
 
 
 class CommandSubject(WireModel):
@@ -53,6 +53,22 @@ class ApprovalResponse(WireModel):
     remember: bool = False
 
 
+class McpServerState(WireModel):
+    """One MCP server of an agent as `agent/status` reports it (contract section 12)."""
+
+    server: str
+    status: McpServerStatus
+    tools: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+class CheckpointsStatus(WireModel):
+    """Whether the agent's turns are checkpointed (contract section 14), and why not."""
+
+    enabled: bool
+    reason: str | None = None
+
+
 class AgentStatus(AgentInfo):
     breakpoint: Breakpoint
     active: bool
@@ -60,3 +76,5 @@ class AgentStatus(AgentInfo):
     pending_approvals: list[ApprovalRequest]
     usage: Usage
     todos: list[Todo]
+    checkpoints: CheckpointsStatus = Field(default_factory=lambda: CheckpointsStatus(enabled=False))
+    mcp: list[McpServerState] = Field(default_factory=list)

@@ -92,7 +92,8 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   A turn ends with `done {reason: "max_steps"}` after 50 model calls.
 - **Tool results** are `{ok, data?, error?, errorType?, retryable?}`. `errorType` values:
   `boundary`, `not_found`, `ambiguous`, `invalid_input`, `binary`, `timeout`,
-  `exit_code`, `denied`, `interrupted`, `sealed`, `unknown_tool`, `tool_error`, `io`.
+  `exit_code`, `denied`, `interrupted`, `sealed`, `unknown_tool`, `tool_error`, `io`,
+  `unavailable` (an MCP server that is down).
   `tool:output` limits count UTF-8 bytes. Secret values (docs/security.md) in results,
   output and events are replaced by `[REDACTED]`; while secrets are known, the last
   characters of a tool's output stream are held back until more output or the call's end.
@@ -147,9 +148,33 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   thinking (never shown as an event) so it can be sent back as the API requires. Besides
   the contract's provider error types, `type` may be `connection`, `invalid_request` or
   `invalid_response`.
+- **Checkpoints** (section 14). Ids are `cp_1`, `cp_2`, ... per agent. The snapshot is
+  taken right before the first call of a tool that may change files actually runs (after
+  its approval), so a turn whose such calls are all denied takes none; concurrent calls
+  of the step wait for it. A snapshot that fails (e.g. the workDir is gone) is reported
+  as an `error` event (`severity: "warn"`) and the call runs anyway. `turn_diff` comes
+  after the turn's last `state_changed` and before its `done`; it is not sent for a turn
+  ended by crash recovery. A file that grows over 10 MiB during a turn shows as
+  `deleted` in its `turn_diff`. Conflicts are files a rewind would touch that differ
+  from the state at the end of the agent's last checkpointed turn (or its last rewind).
+  `restored: true` whenever a rewind was carried out (not a dry run, not blocked), also
+  when it had nothing to change; `rewound` is sent before the response. An unknown
+  `checkpointId` is `-32002` (`checkpoint_not_found`); a rewind while a turn runs or is
+  queued is `-32602` (`agent_busy`). A conversation rewind marks every message from the
+  checkpoint's `messageIndex` to the current end `rewound: true` (kept in the agent's
+  runtime state, copied by `agent/fork`); later messages are in the context again.
+  Nested git repositories inside the workDir are recorded as gitlinks (not their files).
+- **MCP servers** (`docs/mcp.md`): a server connects in the background when its agent is
+  loaded (`mcp_status` `connecting`, then `ready` or `failed`); a model step waits until
+  no server is still connecting (each is bounded by `startupTimeoutMs`, default 30 s). An
+  entry with a `url` and no `type` is `http` (Cursor's shape); `timeoutMs` and
+  `startupTimeoutMs` are extensions. `agent/resume` reconnects servers that failed or
+  stopped. A call to a server that is down ends `FAILED` with `errorType: "unavailable"`;
+  `isError: true` is `tool_error`; a timeout is `timeout`. A result with images has
+  `data` = the content as blocks (`text`, `image`), else the text joined by newlines.
+  `agent/status` of an agent not in memory lists its servers as `closed`.
 - Not built yet: file watching (`file_changed` comes from the file tools themselves),
-  context compression (no `context_compression` events are emitted), MCP servers
-  (`mcpServers` is accepted and stored with the agent, never connected), checkpoints,
+  context compression (no `context_compression` events are emitted),
   the PostgreSQL and JSON stores, `--http`. `initialize.capabilities.acp` is `true`: this build serves ACP
   as its own mode (`kode-rpc acp`), not on the kode protocol's connection.
 

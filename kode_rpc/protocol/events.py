@@ -210,6 +210,55 @@ class AgentResumed(WireModel):
     sealed: list[str]
 
 
+McpServerStatus = Literal["connecting", "ready", "failed", "closed"]
+
+
+class McpStatus(WireModel):
+    """An MCP server of the agent changed state (contract section 12): `tools` are the
+    offered names `mcp__<server>__<tool>` (present when ready); `error` says why it failed."""
+
+    type: Literal["mcp_status"] = "mcp_status"
+    server: str
+    status: McpServerStatus
+    tools: list[str] | None = None
+    error: str | None = None
+
+
+class CheckpointTaken(WireModel):
+    """The workDir was snapshotted before the turn's first call that may change files."""
+
+    type: Literal["checkpoint"] = "checkpoint"
+    checkpoint_id: str
+    turn_id: str
+    message_index: int
+
+
+class DiffFile(WireModel):
+    path: str
+    change: Literal["added", "modified", "deleted"]
+    additions: int
+    deletions: int
+
+
+class TurnDiff(WireModel):
+    """What a turn changed in the workDir (sent at its end when it changed files)."""
+
+    type: Literal["turn_diff"] = "turn_diff"
+    turn_id: str
+    checkpoint_id: str
+    files: list[DiffFile]
+    diff: str
+    """Unified diff, cut at 1 MiB (on a line end) with `truncated: true`."""
+    truncated: bool = False
+
+
+class Rewound(WireModel):
+    type: Literal["rewound"] = "rewound"
+    checkpoint_id: str
+    restore: Literal["code", "conversation", "both"]
+    message_index: int
+
+
 Event = Annotated[
     Union[
         TextChunkStart,
@@ -236,6 +285,10 @@ Event = Annotated[
         FileChanged,
         ContextCompression,
         AgentResumed,
+        CheckpointTaken,
+        TurnDiff,
+        Rewound,
+        McpStatus,
     ],
     Field(discriminator="type"),
 ]

@@ -48,6 +48,8 @@ METHODS: dict[str, Method] = {
         _req("agent/events", a.EventsParams, ev.EventsResult, "Read stored events after `since`."),
         _req("agent/fork", a.ForkParams, a.AgentInfo, "Copy an agent's conversation into a new agent."),
         _req("agent/todos", a.TodosParams, a.TodosResult, "Read, or set when `todos` is given, the agent's todos."),
+        _req("agent/checkpoints", a.AgentRef, a.CheckpointsResult, "The agent's checkpoints, oldest first."),
+        _req("agent/rewind", a.RewindParams, a.RewindResult, "Restore the workDir and/or the conversation to a checkpoint."),
         _req("agent/delete", a.AgentRef, a.DeleteResult, "Delete an agent and everything stored for it."),
         _req("pool/stats", s.Empty, s.PoolStats, "Agents in memory, working and hibernated."),
         _req("templates/list", s.Empty, s.TemplatesResult, "Agent templates known to the server."),

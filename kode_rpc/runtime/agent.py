@@ -46,6 +46,7 @@ from .errors import Unavailable
 from .events import Envelope
 from .records import CallRun, PendingApproval, Services, StepOutput, Turn
 from .recovery import Recovery
+from .rewind import AgentCheckpoints, rewound_of
 from .templates import TEMPLATES
 from .util import new_id, now_iso
 
@@ -67,6 +68,7 @@ class Agent(ToolCalls, Approvals, Recovery):
         self.model_calls: int = runtime.get("modelCalls", 0)
         self.usage = Usage.model_validate(runtime.get("usage", {}))
         self.remembered: set[str] = set(runtime.get("remembered", []))
+        self.checkpoints = AgentCheckpoints(self, rewound_of(runtime))
         self.state = "READY"
         self.breakpoint = "READY"
         self.queue: deque[Turn] = deque()
@@ -99,6 +101,8 @@ class Agent(ToolCalls, Approvals, Recovery):
         self._sem = asyncio.Semaphore(svc.tool_concurrency)
         wanted = self.config.tools if self.config.tools is not None else self.template.tools
         self.tools = {n: t for n, t in svc.tools.items() if wanted == "*" or n in wanted}
+        self.mcp = _mcp_hub(self)
+        """The agent's MCP servers (None without any); the pool starts and stops them."""
 
     # --- small helpers -----------------------------------------------------
     @property
@@ -143,6 +147,7 @@ class Agent(ToolCalls, Approvals, Recovery):
             "modelCalls": self.model_calls,
             "usage": self.usage.wire(),
             "remembered": sorted(self.remembered),
+            "rewound": self.checkpoints.runtime(),
         }
 
     def persist(self) -> asyncio.Future[None]:
@@ -265,6 +270,7 @@ class Agent(ToolCalls, Approvals, Recovery):
         self._set_state("READY", tid)
         self.persist()
         turn.finishing = True  # an interrupt from here on has nothing left to stop
+        await self.checkpoints.end_turn(turn)  # turn_diff
         env = self.emit(ev.Done(step=max(step, 0), reason=reason), tid)
         # Stored after the done event (writes are ordered): a crash between the two leaves
         # a "running" turn whose done is stored, which recover() recognises.
@@ -293,11 +299,13 @@ class Agent(ToolCalls, Approvals, Recovery):
 
     async def _model_step(self, turn: Turn, step: int, out: StepOutput) -> None:
         tid = turn.id
+        if self.mcp is not None:
+            await self.mcp.ready()  # the model sees the tools of servers still starting
         config = self.model_config()
         provider = get_provider(config["provider"])
         request = ModelRequest(
             system=self._system_prompt(),
-            messages=[{"role": m["role"], "content": m["content"]} for m in self.messages],
+            messages=[{"role": m["role"], "content": m["content"]} for m in self.checkpoints.context(self.messages)],
             tools=[t.spec() for t in self.tools.values()],
             config=config,
             position=self.model_calls,
@@ -428,7 +436,22 @@ class Agent(ToolCalls, Approvals, Recovery):
         if self.runner is not None and not self.runner.done():
             self.runner.cancel()
         await self.shells.kill_all()
+        if self.mcp is not None:
+            await self.mcp.close()
         await self.persist()
+
+
+def _mcp_hub(agent: Agent) -> Any:
+    """The agent's `McpHub` when it (or the config file) names MCP servers, else None."""
+    if not agent.config.mcp_servers and not agent.svc.settings.mcp_servers:
+        return None
+    from ..tools.mcp import hub_for
+
+    servers = {k: (v.wire() if v is not None else None) for k, v in (agent.config.mcp_servers or {}).items()}
+    return hub_for(agent.id, agent.svc.settings.mcp_servers, servers, agent.tools,
+                   lambda event: agent.emit(event, agent.current.id if agent.current else None),
+                   work_dir=agent.sandbox.work_dir, env_remove=agent.sandbox.env_remove,
+                   env_allow=agent.sandbox.env_allow)
 
 
 def _text_of(content: list[dict[str, Any]]) -> str:

@@ -80,7 +80,9 @@ class ToolCalls:
         tool = self.tools.get(call.name)
         try:
             if tool is None:
-                await self._finish_call(turn, run, "FAILED", ToolResult.fail(f"unknown tool: {call.name}", "unknown_tool"))
+                gone = self.mcp.gone(call.name) if self.mcp is not None else None  # an MCP server is down
+                await self._finish_call(turn, run, "FAILED", ToolResult.fail(gone, "unavailable", retryable=True) if gone
+                                        else ToolResult.fail(f"unknown tool: {call.name}", "unknown_tool"))
                 return
             try:
                 args = tool.input_model.model_validate(call.input)
@@ -113,6 +115,7 @@ class ToolCalls:
                 call.state = "APPROVED"
                 self._store_call(turn, run, "approved")
             async with self._sem:
+                await self.checkpoints.before_change(turn, tool)  # the turn's checkpoint, before it changes files
                 self._tool_breakpoint("PRE_TOOL", turn.id)
                 call.state = "EXECUTING"
                 call.started_at = now_iso()

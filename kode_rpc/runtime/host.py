@@ -47,6 +47,7 @@ async def open_runtime(data_dir: str, max_agents: int | None = None) -> Runtime:
     metrics = Metrics()
     events.taps.append(metrics.tap)
     svc = Services(store, events, builtin_tools(), settings)
+    svc.checkpoint_dir = os.path.join(data_dir, "checkpoints")
     pool = AgentPool(svc, PoolSettings(data_dir, max_agents=max_agents or settings.max_agents,
                                        default_model=settings.default_model))
     pool.start()

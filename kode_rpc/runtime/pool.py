@@ -159,6 +159,8 @@ class AgentPool:
             self.svc.events.subscribe(row.agent_id, subscriber)
         self.agents[row.agent_id] = agent
         self.hibernated.discard(row.agent_id)
+        if agent.mcp is not None:
+            agent.mcp.start()  # connects in the background; mcp_status events tell how it goes
         return agent
 
     async def _lease(self, agent_id: str) -> None:
@@ -185,6 +187,8 @@ class AgentPool:
         self._hibernating[agent.id] = done
         try:
             await agent.shells.kill_all()
+            if agent.mcp is not None:
+                await agent.mcp.close()
             await agent.persist()
             self.svc.events.unregister(agent.id)
             await self.svc.store.release_lease(agent.id, self.owner)
@@ -222,7 +226,8 @@ class AgentPool:
         config = dict(source.config, agentId=new_id_)
         now = now_iso()
         row = AgentRow(new_id_, source.template_id, now, now, "READY", 0, 0, config,
-                       {"modelCalls": source.runtime.get("modelCalls", 0)} if at_seq is None else {},
+                       ({"modelCalls": source.runtime.get("modelCalls", 0)} if at_seq is None else {})
+                       | {"rewound": source.runtime.get("rewound") or []},  # the copy's context is the same
                        dict(source.metadata, forkedFrom=agent_id))
         try:
             await self.svc.store.fork_agent(agent_id, row, at_seq)

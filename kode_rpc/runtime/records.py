@@ -28,6 +28,8 @@ class Services:
     edit_taps: list[EditTap] = field(default_factory=list)
     """Told of every file an edit tool changed, with whole texts before and after (in
     process only, never stored: the ACP face shows them as diffs). Empty: no cost."""
+    checkpoint_dir: str | None = None
+    """Where agents' checkpoints live (`<dir>/<agentId>`); None: no checkpoints."""
 
 
 EditTap = Callable[[str, str, dict[str, tuple[str | None, str | None]]], None]

@@ -35,6 +35,7 @@ from .agent import Agent, Turn
 from .errors import InvalidInput, NotFound, RuntimeFault
 from .events import Envelope
 from .pool import AgentPool, idle_ms
+from . import rewind as rw
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,8 @@ class RuntimeService:
                 start: Callable[[], None] = lambda: None
                 if not agent.recovered:  # once per load, whoever loaded it
                     sealed, start = await agent.recover(strategy)
+                if agent.mcp is not None:
+                    agent.mcp.retry()  # reconnect MCP servers that failed or stopped
                 self.events.flush()
                 await self.store.barrier()
                 replayed = 0
@@ -286,7 +289,8 @@ class RuntimeService:
             return ap.AgentStatus(
                 **agent.info().model_dump(), breakpoint=agent.breakpoint, active=True,
                 idle_ms=0 if agent.current else int((time.monotonic() - agent.last_active) * 1000),
-                pending_approvals=agent.pending_requests(), usage=agent.usage, todos=agent.todos)
+                pending_approvals=agent.pending_requests(), usage=agent.usage, todos=agent.todos,
+                mcp=agent.mcp.statuses() if agent.mcp is not None else [], checkpoints=agent.checkpoints.status())
         row = await self.store.get_agent(agent_id)
         if row is None:
             raise NotFound("agent", agent_id)
@@ -297,7 +301,17 @@ class RuntimeService:
         return ap.AgentStatus(
             **info.model_dump(), breakpoint="AWAITING_APPROVAL" if pending else "READY", active=False,
             idle_ms=idle_ms(row.updated_at), pending_approvals=pending,
-            usage=a.Usage.model_validate(row.runtime.get("usage", {})), todos=await self.store.get_todos(agent_id))
+            usage=a.Usage.model_validate(row.runtime.get("usage", {})), todos=await self.store.get_todos(agent_id),
+            mcp=self._mcp_closed(row), checkpoints=rw.status_of(row.config, self.pool.svc.checkpoint_dir))
+
+    def _mcp_closed(self, row: AgentRow) -> list[ap.McpServerState]:
+        """The MCP servers of an agent not in memory: configured, none connected."""
+        if not row.config.get("mcpServers") and not self.pool.svc.settings.mcp_servers:
+            return []
+        from ..tools.mcp import merge_servers
+
+        servers = merge_servers(self.pool.svc.settings.mcp_servers, row.config.get("mcpServers"))
+        return [ap.McpServerState(server=name, status="closed") for name in servers]
 
     async def list(self, prefix: str | None, limit: int, cursor: str | None) -> a.ListResult:
         rows, next_cursor = await self.store.list_agents(prefix, limit, cursor)
@@ -310,8 +324,13 @@ class RuntimeService:
     async def messages(self, agent_id: str, limit: int | None = None, before: int | None = None) -> a.MessagesResult:
         await self.settle(agent_id)
         rows, total = await self.store.load_messages(agent_id, limit, before)
+        live = self.pool.agents.get(agent_id)
+        row = None if live is not None else await self.store.get_agent(agent_id)
+        ranges = live.checkpoints.rewound if live is not None else rw.rewound_of(row.runtime if row else {})
         return a.MessagesResult(messages=[a.Message(index=m.index, role=m.role, content=m.content, turn_id=m.turn_id,
-                                                    created_at=m.created_at) for m in rows], total=total)
+                                                    created_at=m.created_at,
+                                                    rewound=rw.is_rewound(ranges, m.index) or None) for m in rows],
+                                total=total)
 
     async def events_json(self, agent_id: str, since: int, limit: int | None,
                           channels: list[str] | None) -> tuple[list[str], int]:
@@ -346,12 +365,29 @@ class RuntimeService:
     async def delete(self, agent_id: str, watcher: Watcher | None) -> bool:
         async with self._lock(agent_id):
             deleted = await self.pool.delete(agent_id)
+            if deleted:
+                await rw.remove_checkpoints(self.pool.svc.checkpoint_dir, agent_id)
         if watcher is not None:
             watcher.forget(agent_id)
         lock = self._locks.get(agent_id)
         if deleted and lock is not None and not lock.locked():
             del self._locks[agent_id]
         return deleted
+
+    async def checkpoints(self, agent_id: str) -> a.CheckpointsResult:
+        """The agent's checkpoints, oldest first (read without loading the agent)."""
+        live = self.pool.agents.get(agent_id)
+        if live is not None:
+            return await live.checkpoints.list()
+        row = await self.store.get_agent(agent_id)
+        if row is None:
+            raise NotFound("agent", agent_id)
+        return await rw.stored_checkpoints(self.pool.svc.checkpoint_dir, agent_id, row.created_at)
+
+    async def rewind(self, p: a.RewindParams, watcher: Watcher | None) -> a.RewindResult:
+        """Restore the workDir and/or the conversation to a checkpoint (AgentBusy during a turn)."""
+        async with self.using(p.agent_id, watcher) as agent:
+            return await agent.checkpoints.rewind(p)
 
     async def reconfigure(self, agent_id: str, watcher: Watcher | None, *, mode: str | None = None,
                           model: dict[str, Any] | None = None) -> a.AgentInfo:

@@ -135,6 +135,12 @@ class Session:
             return a.TodosResult(todos=await self.service.todos(p.agent_id))
         return a.TodosResult(todos=await self.service.set_todos(p.agent_id, p.todos, self.watcher))
 
+    async def h_agent_checkpoints(self, p: a.AgentRef) -> a.CheckpointsResult:
+        return await self.service.checkpoints(p.agent_id)
+
+    async def h_agent_rewind(self, p: a.RewindParams) -> a.RewindResult:
+        return await self.service.rewind(p, self.watcher)
+
     async def h_agent_delete(self, p: a.AgentRef) -> a.DeleteResult:
         return a.DeleteResult(deleted=await self.service.delete(p.agent_id, self.watcher))
 

@@ -22,8 +22,13 @@ export interface AgentConfig {
     [k: string]: unknown;
   } | null;
   mcpServers?: {
-    [k: string]: unknown;
+    /**
+     * This interface was referenced by `undefined`'s JSON-Schema definition
+     * via the `patternProperty` "^[A-Za-z0-9_-]{1,64}$".
+     */
+    [k: string]: McpStdioServer | McpRemoteServer | null;
   } | null;
+  checkpoints?: boolean;
 }
 
 export interface ModelConfig {
@@ -99,6 +104,36 @@ export interface BudgetConfig {
   maxTokens?: number | null;
 }
 
+/**
+ * An MCP server kode-rpc starts as a child process and speaks to on its stdin/stdout.
+ * Values in `env` may be `${VAR}` references (resolved when connecting, never stored).
+ */
+export interface McpStdioServer {
+  type?: "stdio" | null;
+  command: string;
+  args?: string[];
+  env?: {
+    [k: string]: string;
+  } | null;
+  cwd?: string | null;
+  timeoutMs?: number | null;
+  startupTimeoutMs?: number | null;
+}
+
+/**
+ * An MCP server reached over streamable HTTP (`http`, the default with a `url`) or SSE.
+ * Values in `headers` may be `${VAR}` references (resolved when connecting, never stored).
+ */
+export interface McpRemoteServer {
+  type?: "http" | "sse";
+  url: string;
+  headers?: {
+    [k: string]: string;
+  } | null;
+  timeoutMs?: number | null;
+  startupTimeoutMs?: number | null;
+}
+
 export interface AgentInfo {
   agentId: string;
   templateId: string;
@@ -156,6 +191,8 @@ export interface AgentStatus {
   pendingApprovals: ApprovalRequest[];
   usage: Usage;
   todos: Todo[];
+  checkpoints?: CheckpointsStatus;
+  mcp?: McpServerState[];
 }
 
 /**
@@ -226,6 +263,24 @@ export interface Todo {
 }
 
 /**
+ * Whether the agent's turns are checkpointed (contract section 14), and why not.
+ */
+export interface CheckpointsStatus {
+  enabled: boolean;
+  reason?: string | null;
+}
+
+/**
+ * One MCP server of an agent as `agent/status` reports it (contract section 12).
+ */
+export interface McpServerState {
+  server: string;
+  status: "connecting" | "ready" | "failed" | "closed";
+  tools?: string[];
+  error?: string | null;
+}
+
+/**
  * Result of `approval/request`; anything that does not validate means deny.
  */
 export interface ApprovalResponse {
@@ -258,6 +313,32 @@ export interface BreakpointChanged {
 
 export interface CancelParams {
   id: number | string;
+}
+
+/**
+ * A snapshot of the workDir taken before a turn's first call that may change files.
+ */
+export interface Checkpoint {
+  checkpointId: string;
+  turnId: string;
+  messageIndex: number;
+  seq: number;
+  createdAt: string;
+  files: number;
+}
+
+/**
+ * The workDir was snapshotted before the turn's first call that may change files.
+ */
+export interface CheckpointTaken {
+  type: "checkpoint";
+  checkpointId: string;
+  turnId: string;
+  messageIndex: number;
+}
+
+export interface CheckpointsResult {
+  checkpoints: Checkpoint[];
 }
 
 export interface ClientCapabilities {
@@ -324,6 +405,13 @@ export interface DeleteResult {
   deleted: boolean;
 }
 
+export interface DiffFile {
+  path: string;
+  change: "added" | "modified" | "deleted";
+  additions: number;
+  deletions: number;
+}
+
 export interface Done {
   type: "done";
   step: number;
@@ -377,7 +465,11 @@ export interface EventEnvelope {
     | TodoChanged
     | FileChanged
     | ContextCompression
-    | AgentResumed;
+    | AgentResumed
+    | CheckpointTaken
+    | TurnDiff
+    | Rewound
+    | McpStatus;
 }
 
 export interface TextChunkStart {
@@ -503,6 +595,37 @@ export interface FileChanged {
   by?: "agent" | "external";
 }
 
+/**
+ * What a turn changed in the workDir (sent at its end when it changed files).
+ */
+export interface TurnDiff {
+  type: "turn_diff";
+  turnId: string;
+  checkpointId: string;
+  files: DiffFile[];
+  diff: string;
+  truncated?: boolean;
+}
+
+export interface Rewound {
+  type: "rewound";
+  checkpointId: string;
+  restore: "code" | "conversation" | "both";
+  messageIndex: number;
+}
+
+/**
+ * An MCP server of the agent changed state (contract section 12): `tools` are the
+ * offered names `mcp__<server>__<tool>` (present when ready); `error` says why it failed.
+ */
+export interface McpStatus {
+  type: "mcp_status";
+  server: string;
+  status: "connecting" | "ready" | "failed" | "closed";
+  tools?: string[] | null;
+  error?: string | null;
+}
+
 export interface EventsParams {
   agentId: string;
   since?: number;
@@ -587,6 +710,7 @@ export interface Message {
   )[];
   turnId?: string | null;
   createdAt: string;
+  rewound?: boolean | null;
 }
 
 export interface TextBlock {
@@ -683,6 +807,25 @@ export interface ResumeResult {
     [k: string]: unknown;
   };
   replayed: number;
+}
+
+export interface RewindFile {
+  path: string;
+  change: "added" | "modified" | "deleted";
+}
+
+export interface RewindParams {
+  agentId: string;
+  checkpointId: string;
+  restore?: "code" | "conversation" | "both";
+  dryRun?: boolean;
+  force?: boolean;
+}
+
+export interface RewindResult {
+  restored: boolean;
+  files: RewindFile[];
+  conflicts: string[];
 }
 
 export interface SendParams {
@@ -857,6 +1000,20 @@ export interface Methods {
     direction: "client->server";
     kind: "request";
   };
+  /** The agent's checkpoints, oldest first. */
+  "agent/checkpoints": {
+    params: AgentRef;
+    result: CheckpointsResult;
+    direction: "client->server";
+    kind: "request";
+  };
+  /** Restore the workDir and/or the conversation to a checkpoint. */
+  "agent/rewind": {
+    params: RewindParams;
+    result: RewindResult;
+    direction: "client->server";
+    kind: "request";
+  };
   /** Delete an agent and everything stored for it. */
   "agent/delete": {
     params: AgentRef;
@@ -979,6 +1136,8 @@ export const METHODS = {
   "agent/events": { direction: "client->server", kind: "request" },
   "agent/fork": { direction: "client->server", kind: "request" },
   "agent/todos": { direction: "client->server", kind: "request" },
+  "agent/checkpoints": { direction: "client->server", kind: "request" },
+  "agent/rewind": { direction: "client->server", kind: "request" },
   "agent/delete": { direction: "client->server", kind: "request" },
   "pool/stats": { direction: "client->server", kind: "request" },
   "templates/list": { direction: "client->server", kind: "request" },
@@ -1029,8 +1188,9 @@ export const ErrorCodes = {
    */
   Unavailable: -32001,
   /**
-   * Agent, template or approval not found (not LSP's ServerNotInitialized). `data.reason`:
-   * `agent_not_found`, `template_not_found`, `approval_not_found`.
+   * Agent, template, approval or checkpoint not found (not LSP's ServerNotInitialized).
+   * `data.reason`: `agent_not_found`, `template_not_found`, `approval_not_found`,
+   * `checkpoint_not_found`.
    */
   NotFound: -32002,
   /**
