@@ -99,13 +99,19 @@ def loads(body: bytes) -> Any:
     return json.loads(body, parse_constant=_no_constant, parse_float=_parse_float, parse_int=_parse_int)
 
 
+MAX_PARAM_DEPTH = 100
+"""Deepest nesting inside params (the envelope allows 512): deeper values cannot be stored
+or serialized back (pydantic's serializer stops earlier) and no field needs them."""
+
+
 def bad_strings(value: Any, path: str = "") -> list[dict[str, str]]:
-    """Every string (keys included) holding a NUL byte or a lone surrogate, and every
-    number out of range, by wire path: what the OS, SQLite and UTF-8 refuse."""
+    """Every string (keys included) holding a NUL byte or a lone surrogate, every number
+    out of range, and values nested deeper than MAX_PARAM_DEPTH, by wire path: what the
+    OS, SQLite, UTF-8 and the serializer refuse."""
     found: list[dict[str, str]] = []
-    stack: list[tuple[Any, str]] = [(value, path)]
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
-        cur, where = stack.pop()
+        cur, where, depth = stack.pop()
         if isinstance(cur, OutOfRange):
             found.append({"field": where or "params", "message": f"number out of range: {cur.text}"})
         elif isinstance(cur, str):
@@ -113,14 +119,16 @@ def bad_strings(value: Any, path: str = "") -> list[dict[str, str]]:
                 found.append({"field": where or "params", "message": "string holds a NUL byte"})
             elif _SURROGATE.search(cur):
                 found.append({"field": where or "params", "message": "string holds a lone UTF-16 surrogate"})
+        elif isinstance(cur, (dict, list)) and depth >= MAX_PARAM_DEPTH:
+            found.append({"field": where or "params", "message": f"nested deeper than {MAX_PARAM_DEPTH} levels"})
         elif isinstance(cur, dict):
             for key, item in cur.items():
                 sub = f"{where}.{key}" if where else str(key)
                 if "\x00" in key or _SURROGATE.search(key):
                     found.append({"field": sub, "message": "the key holds a NUL byte or a lone surrogate"})
-                stack.append((item, sub))
+                stack.append((item, sub, depth + 1))
         elif isinstance(cur, list):
-            stack.extend((item, f"{where}.{i}" if where else str(i)) for i, item in enumerate(cur))
+            stack.extend((item, f"{where}.{i}" if where else str(i), depth + 1) for i, item in enumerate(cur))
     return sorted(found, key=lambda e: e["field"])
 
 
