@@ -1,6 +1,7 @@
 import { execFile } from "node:child_process";
 import { accessSync, constants, statSync } from "node:fs";
 import { delimiter, isAbsolute, join, resolve } from "node:path";
+import { KodeServerNotFoundError } from "./errors.js";
 
 /** How the server will be started, and which discovery step chose it. */
 export interface ServerCommand {
@@ -88,7 +89,7 @@ export async function resolveServerCommand(opts: DiscoveryOptions = {}): Promise
   if (opts.serverPath) {
     const p = isAbsolute(opts.serverPath) ? opts.serverPath : resolve(opts.serverPath);
     if (!isExecutableFile(p)) {
-      throw new Error(`kode-rpc: serverPath ${p} is not an executable file`);
+      throw new KodeServerNotFoundError(`kode-rpc: serverPath ${p} is not an executable file`, "bad_server_path", [p], p);
     }
     return { command: p, args: serveArgs, source: "serverPath" };
   }
@@ -117,15 +118,14 @@ export async function resolveServerCommand(opts: DiscoveryOptions = {}): Promise
       return { command: found, args: [...pre, "-m", "kode_rpc", ...serveArgs], source: "python" };
     }
   }
-  throw new Error(
-    "kode-rpc: server not found. Tried: " +
-      [
-        opts.bundledPath ? `bundledPath ${opts.bundledPath}` : undefined,
-        "kode-rpc on PATH",
-        ...tried.map((t) => `${t} -m kode_rpc`),
-      ]
-        .filter(Boolean)
-        .join(", ") +
-      ". Install it (pip install kode-rpc) or pass `command`/`serverPath`.",
+  const triedAll = [
+    opts.bundledPath ? `bundledPath ${opts.bundledPath}` : undefined,
+    "kode-rpc on PATH",
+    ...tried.map((t) => `${t} -m kode_rpc`),
+  ].filter((t): t is string => Boolean(t));
+  throw new KodeServerNotFoundError(
+    `kode-rpc: server not found. Tried: ${triedAll.join(", ")}. Install it (pip install kode-rpc) or pass \`command\`/\`serverPath\`.`,
+    "not_found",
+    triedAll,
   );
 }

@@ -61,3 +61,22 @@ export class KodeConnectionError extends Error {
     super(message);
   }
 }
+
+/**
+ * `KodeClient.start` / `resolveServerCommand` could not find a server to run:
+ * `reason: "not_found"` (nothing in the discovery order worked; `tried` lists what was
+ * tried) or `"bad_server_path"` (`serverPath` was given but is not an executable file;
+ * `path` is it). Hosts turn it into advice about their own setting (e.g. the VS Code
+ * extension names `kode.serverPath`).
+ */
+export class KodeServerNotFoundError extends Error {
+  override readonly name = "KodeServerNotFoundError";
+  constructor(
+    message: string,
+    readonly reason: "not_found" | "bad_server_path",
+    readonly tried: string[],
+    readonly path?: string,
+  ) {
+    super(message);
+  }
+}

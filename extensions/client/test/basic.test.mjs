@@ -8,6 +8,7 @@ import {
   KodeClient,
   KodeConnectionError,
   KodeRpcError,
+  KodeServerNotFoundError,
   METHODS,
   PROTOCOL_VERSION,
   resolveServerCommand,
@@ -157,6 +158,26 @@ test("discovery order: command, serverPath, bundledPath (skipped when missing), 
     assert.deepEqual(viaPython.args, ["-m", "kode_rpc", "serve"]);
     await assert.rejects(resolveServerCommand({ env: { ...process.env, PATH: tempDir() } }), /server not found/);
   }
+});
+
+test("discovery failures are KodeServerNotFoundError, with what was tried", async () => {
+  const empty = tempDir();
+  await assert.rejects(
+    resolveServerCommand({ env: { PATH: empty }, pythonCandidates: [["python3"]], bundledPath: join(empty, "kode-rpc") }),
+    (e) => {
+      assert.ok(e instanceof KodeServerNotFoundError, `got ${e}`);
+      assert.equal(e.reason, "not_found");
+      assert.deepEqual(e.tried, [`bundledPath ${join(empty, "kode-rpc")}`, "kode-rpc on PATH", "python3 -m kode_rpc"]);
+      assert.match(e.message, /server not found/);
+      return true;
+    },
+  );
+  await assert.rejects(KodeClient.start({ serverPath: join(empty, "nope") }), (e) => {
+    assert.ok(e instanceof KodeServerNotFoundError, `got ${e}`);
+    assert.equal(e.reason, "bad_server_path");
+    assert.equal(e.path, join(empty, "nope"));
+    return true;
+  });
 });
 
 test("start fails with a clear error when the server cannot start", { timeout: LONG }, async () => {

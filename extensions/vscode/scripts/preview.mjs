@@ -72,11 +72,15 @@ export const items = [
 ];
 export const header = {
   agentId: "chat-20260115-101500-3f2a",
+  title: "Make parse_config accept an empty file",
   state: "PAUSED",
   busy: true,
-  statusText: "awaiting approval · 2.2k tokens",
+  stateLabel: "awaiting approval",
+  statusText: "awaiting approval · 2.2k/200k (1.1%) · $0.0109",
   tooltip: "",
   usage,
+  context: { used: 2202, window: 200_000, percent: 1.1, known: true },
+  costUsd: 0.0109,
   model: "anthropic/claude-sonnet-4-5",
 };
 
@@ -101,7 +105,7 @@ window.acquireVsCodeApi = () => ({
     nonce: makeNonce(),
     scriptUri: pathToFileURL(join(root, "dist", "webview.js")).href,
     styleUri: pathToFileURL(join(root, "media", "chat.css")).href,
-    title: header.agentId,
+    title: header.title,
     preludeScripts: [pathToFileURL(join(outDir, "vscode-stub.js")).href],
   });
   const htmlPath = join(outDir, "chat.html");

@@ -1,5 +1,7 @@
 // Renders the chat webview outside VS Code with a sample transcript (scripts/preview.mjs)
-// and, when Chromium is installed, takes a screenshot into media/screenshot.png (README).
+// and, when Chromium is installed, takes a screenshot into out/preview/chat.png (a quick
+// look at the chat's CSS). The README's screenshot comes from the real host instead:
+// KODE_E2E_README_SHOT=media/screenshot.png with the test-e2e run (see the README).
 // Not part of CI. Usage: node scripts/build.mjs --tests && node scripts/screenshot.mjs
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -23,7 +25,7 @@ if (!chromium) {
   console.log("no chromium found: open the HTML file in a browser instead");
   process.exit(0);
 }
-const png = join(root, "media", "screenshot.png");
+const png = join(root, "out", "preview", "chat.png");
 execFileSync(
   chromium,
   [

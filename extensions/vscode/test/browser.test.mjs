@@ -38,7 +38,10 @@ test("webview renders the transcript in a browser (CSP on, markdown, cards, appr
   }
   const dom = r.stdout;
   // The script ran under the CSP (nonce) and rendered what the stub posted.
-  assert.match(dom, /<span id="status-text"[^>]*>awaiting approval · 2\.2k tokens<\/span>/);
+  assert.match(dom, /<span id="state-label">awaiting approval<\/span>/);
+  assert.match(dom, /<span id="context"[^>]*>2\.2k\/200k \(1\.1%\)<\/span>/);
+  assert.match(dom, /<span id="cost"[^>]*>\$0\.0109<\/span>/);
+  assert.match(dom, /<span id="agent-title"[^>]*>Make parse_config accept an empty file<\/span>/);
   assert.match(dom, /<div class="msg user" data-id="u1">/);
   assert.match(dom, /<em>no settings<\/em>/, "markdown rendered");
   assert.match(dom, /<code class="language-python">/);
@@ -47,5 +50,5 @@ test("webview renders the transcript in a browser (CSP on, markdown, cards, appr
   assert.match(dom, /4 passed in 0\.12s/, "tool output");
   assert.match(dom, /<span class="add">\+    if not text\.strip\(\):/, "approval diff");
   assert.match(dom, /<span class="question">Allow fs_edit\?<\/span><button data-decision="allow">Allow<\/button><button class="secondary" data-decision="deny">Deny<\/button><button class="secondary" data-decision="always">Always allow<\/button>/);
-  assert.match(dom, /<button id="interrupt" class="secondary" title="Interrupt the running turn">/, "interrupt enabled while busy");
+  assert.match(dom, /<button id="interrupt" class="secondary" title="Interrupt the running turn \(also: Kode: Interrupt Agent\)">/, "interrupt enabled while busy");
 });

@@ -18,6 +18,17 @@ import {
   expandPath,
   formatStatus,
   formatTokens,
+  contextWindow,
+  contextTokens,
+  formatPercent,
+  formatCost,
+  DEFAULT_CONTEXT_WINDOW,
+  titleFromText,
+  validateTitle,
+  TitleBook,
+  TITLE_STORAGE_KEY,
+  MAX_TITLE_CHARS,
+  startErrorHelp,
   newAgentId,
   readSettings,
   selectionMessage,
@@ -116,16 +127,109 @@ test("agentConfig from settings", () => {
   assert.match(id, AGENT_ID_RE);
 });
 
+test("context windows from the extension's table; percent and cost formatting", () => {
+  assert.deepEqual(contextWindow("claude-sonnet-4-5"), { tokens: 200_000, known: true });
+  assert.deepEqual(contextWindow("claude-3-5-haiku-latest"), { tokens: 200_000, known: true });
+  assert.deepEqual(contextWindow("gpt-4o-mini"), { tokens: 128_000, known: true });
+  assert.deepEqual(contextWindow("gpt-4.1"), { tokens: 1_047_576, known: true });
+  assert.deepEqual(contextWindow("gpt-4.1-mini"), { tokens: 1_047_576, known: true });
+  assert.deepEqual(contextWindow("o3"), { tokens: 200_000, known: true });
+  assert.deepEqual(contextWindow("o4-mini"), { tokens: 200_000, known: true });
+  assert.deepEqual(contextWindow("o1-mini"), { tokens: 128_000, known: true });
+  assert.deepEqual(contextWindow("openrouter/claude-opus-4"), { tokens: 200_000, known: true });
+  assert.deepEqual(contextWindow("qwen2.5"), { tokens: DEFAULT_CONTEXT_WINDOW, known: false });
+  assert.deepEqual(contextWindow(undefined), { tokens: 128_000, known: false });
+  assert.equal(contextTokens({ inputTokens: 100, outputTokens: 20, cacheReadTokens: 1000, cacheWriteTokens: 5 }), 1125);
+  assert.equal(formatPercent(0), "0%");
+  assert.equal(formatPercent(0.01), "0.1%");
+  assert.equal(formatPercent(3.14), "3.1%");
+  assert.equal(formatPercent(42.6), "43%");
+  assert.equal(formatCost(0), "$0.00");
+  assert.equal(formatCost(0.00123), "$0.0012");
+  assert.equal(formatCost(2.345), "$2.35");
+});
+
+test("chat titles: from the first user message, renamed by the user, kept in storage", () => {
+  assert.equal(titleFromText("Fix the login bug"), "Fix the login bug");
+  assert.equal(titleFromText("\n\n## Why does `npm ci` fail?\nmore"), "Why does npm ci fail?");
+  assert.equal(titleFromText("```js\nconst x = 1;\n```"), "const x = 1;");
+  assert.equal(titleFromText("   "), undefined);
+  const long = titleFromText("word ".repeat(40));
+  assert.ok(long.length <= MAX_TITLE_CHARS && long.endsWith("…"), long);
+  assert.equal(validateTitle("ok"), undefined);
+  assert.ok(validateTitle("a\u0007b"));
+
+  const store = new Map();
+  const storage = { get: (k) => store.get(k), update: (k, v) => void store.set(k, v) };
+  const book = new TitleBook(storage);
+  const changed = [];
+  book.onDidChange((id) => changed.push(id));
+  assert.equal(book.display("a1"), "a1");
+  assert.equal(book.setAuto("a1", "First question"), true);
+  assert.equal(book.setAuto("a1", "Second question"), false, "the first message titles the chat");
+  book.rename("a1", "  My   chat ");
+  assert.equal(book.get("a1"), "My chat");
+  assert.equal(book.isCustom("a1"), true);
+  assert.equal(book.setAuto("a1", "x"), false);
+  assert.deepEqual(changed, ["a1", "a1"]);
+  // A new book over the same storage (a new window) has the titles.
+  const again = new TitleBook(storage);
+  assert.equal(again.get("a1"), "My chat");
+  again.rename("a1", "");
+  assert.equal(again.has("a1"), false, "an empty title goes back to the automatic one");
+  assert.deepEqual(store.get(TITLE_STORAGE_KEY), {});
+});
+
+test("start errors name kode.serverPath and where to set it (local and remote windows)", () => {
+  const notFound = Object.assign(new Error("kode-rpc: server not found. Tried: x"), {
+    name: "KodeServerNotFoundError",
+    reason: "not_found",
+    tried: ["kode-rpc on PATH", "python3 -m kode_rpc"],
+  });
+  const local = startErrorHelp(notFound, {});
+  assert.match(local.message, /not found on this machine \(tried: kode-rpc on PATH, python3 -m kode_rpc\)/);
+  assert.match(local.message, /set "kode\.serverPath" .* in your User settings/);
+  assert.equal(local.remote, false);
+  const remote = startErrorHelp(notFound, { remoteName: "wsl" });
+  assert.match(remote.message, /on the remote machine \(wsl\)/);
+  assert.match(remote.message, /Remote settings \("Preferences: Open Remote Settings"\)/);
+  assert.match(remote.message, /local User settings does not apply/);
+  assert.equal(remote.remote, true);
+  assert.equal(startErrorHelp(notFound, { web: true }).remote, true, "code-server / a browser window");
+  const bad = Object.assign(new Error("x"), { name: "KodeServerNotFoundError", reason: "bad_server_path", path: "/opt/kode" });
+  assert.match(startErrorHelp(bad).message, /^The setting "kode\.serverPath" is \/opt\/kode, which is not an executable file on this machine/);
+  assert.equal(startErrorHelp(new Error("other")), undefined);
+});
+
 test("status, tree entries and the selection message", () => {
   assert.equal(formatTokens(950), "950");
   assert.equal(formatTokens(1234), "1.2k");
   assert.equal(formatTokens(45_678), "46k");
   assert.equal(formatTokens(2_500_000), "2.5M");
+  assert.equal(formatTokens(128_000), "128k");
+  assert.equal(formatTokens(200_000), "200k");
   const u = { ...emptyUsage(), inputTokens: 10, outputTokens: 5, costUsd: 0.0123 };
   const st = formatStatus({ agentId: "a", state: "PAUSED", usage: u, pendingApprovals: 1 });
-  assert.equal(st.text, "a: awaiting approval · 15 tokens");
-  assert.match(st.tooltip, /Cost: \$0\.0123/);
+  assert.equal(st.text, "a: awaiting approval · 0/128k (0%) · $0.01");
+  assert.match(st.tooltip, /Cost so far: \$0\.01/);
   assert.equal(st.icon, "question");
+  // Awaiting approval also from the breakpoint alone (the approval/request not there yet).
+  assert.equal(formatStatus({ agentId: "a", state: "PAUSED", usage: u, breakpoint: "AWAITING_APPROVAL" }).label, "awaiting approval");
+  assert.equal(formatStatus({ agentId: "a", state: "PAUSED", usage: u }).label, "paused");
+  // Context used (last model call) of the model's window, and the cost so far; the title first.
+  const c = formatStatus({
+    agentId: "a",
+    title: "Fix the flaky upload test in the storage module please",
+    state: "READY",
+    usage: { ...u, costUsd: 0.004 },
+    contextTokens: 50_000,
+    model: { provider: "anthropic", model: "claude-sonnet-4-5" },
+  });
+  assert.equal(c.detail, "ready · 50k/200k (25%) · $0.0040");
+  assert.equal(c.text, "Fix the flaky upload test in th…: ready · 50k/200k (25%) · $0.0040");
+  assert.deepEqual(c.context, { used: 50_000, window: 200_000, percent: 25, known: true });
+  assert.match(c.tooltip, /Context: 50,000 of 200,000 tokens \(25%\)/);
+  assert.match(c.tooltip, /\(a\)/);
 
   const now = new Date("2026-01-01T12:00:00Z");
   const e = agentEntry(

@@ -78,6 +78,7 @@ test("extension under a stub vscode: new agent, chat, tree, status, approvals, f
     extensionUri: stub.vscode.Uri.file(root),
     subscriptions: [],
     extension: { packageJSON: pkg },
+    globalState: memento(),
   };
   ext.activate(context);
   let deactivated = false;
@@ -113,9 +114,8 @@ test("extension under a stub vscode: new agent, chat, tree, status, approvals, f
     () => panel.posted.some((m) => m.type === "items" && m.items.some((i) => i.kind === "assistant" && !i.streaming && i.text === "hello from the webview")),
     "echo reply",
   );
-  await until(() => status.visible && /: ready · \d+ tokens$/.test(status.text), "status ready");
-  assert.match(status.text, new RegExp(`^\\$\\(hubot\\) ${agentId}: ready · \\d+ tokens$`));
-  assert.ok(status.text.endsWith(" tokens") && !status.text.includes("· 0 tokens"), status.text);
+  await until(() => status.visible && /: ready · [1-9]\d*\/128k/.test(status.text), "status ready");
+  assert.match(status.text, /^\$\(hubot\) hello from the webview: ready · \d+\/128k \([\d.]+%\) · \$0\.00$/);
   assert.deepEqual(status.command.arguments, [agentId]);
 
   // The agents tree lists it.
@@ -150,7 +150,7 @@ test("extension under a stub vscode: new agent, chat, tree, status, approvals, f
   assert.deepEqual(note.items, ["Allow", "Deny", "Always allow", "Open Chat"]);
   assert.match(note.message, new RegExp(`Kode agent "${sc}" wants to change .*from-notification\\.txt`));
   assert.equal(readFileSync(join(env.work, "from-notification.txt"), "utf8"), "yes");
-  await until(() => status.text.includes(`${sc}: ready`), "turn 1 done");
+  await until(() => status.text.includes("write it: ready"), "turn 1 done");
 
   // Turn 2: Send Selection to Agent reveals the chat (visible) -> the approval is inline
   // on the card; the webview's Allow answers it, no notification.
@@ -180,7 +180,7 @@ test("extension under a stub vscode: new agent, chat, tree, status, approvals, f
   scPanel.receive({ type: "approve", approvalId: pending.approval.approvalId, decision: "allow" });
   await until(() => existsSync(join(env.work, "from-card.txt")), "file written after inline Allow");
   assert.equal(rec.messages.slice(notes).filter((m) => /wants to/.test(m.message)).length, 0, "no notification");
-  await until(() => status.text.includes(`${sc}: ready`) && scPanel.posted.some((m) => m.type === "items" && m.items.some((i) => i.text === "Done again.")), "turn 2 done");
+  await until(() => status.text.includes("write it: ready") && scPanel.posted.some((m) => m.type === "items" && m.items.some((i) => i.text === "Done again.")), "turn 2 done");
   const resets = scPanel.posted.filter((m) => m.type === "reset").length;
   scPanel.receive({ type: "ready" });
   await until(() => scPanel.posted.filter((m) => m.type === "reset").length > resets, "reset 3");
@@ -192,14 +192,23 @@ test("extension under a stub vscode: new agent, chat, tree, status, approvals, f
 
   // Interrupt with nothing running says so.
   await rec.commands.get("kode.interrupt")(sc);
-  assert.ok(rec.messages.some((m) => m.message === `Kode: ${sc} had no running turn.`));
+  assert.ok(rec.messages.some((m) => m.message === 'Kode: "write it" had no running turn.'));
+
+  // Rename (the header's button runs kode.renameAgent): the tab, the status bar and the tree follow.
+  rec.inputBox = "Write two files";
+  scPanel.receive({ type: "rename" });
+  await until(() => scPanel.title === "Write two files", "tab renamed");
+  await until(() => status.text.startsWith("$(hubot) Write two files: ready"), "status renamed");
+  const renamed = (await tree.getChildren()).find((a) => a.agentId === sc);
+  assert.equal(tree.getTreeItem(renamed).label, "Write two files");
+  assert.equal(context.globalState.get("kode.chatTitles")[sc].title, "Write two files");
 
   // Fork (id from the input box), then delete the fork (confirmed).
   rec.inputBox = `${agentId}-fork`;
   const forkId = await rec.commands.get("kode.forkAgent")(info);
   assert.equal(forkId, `${agentId}-fork`);
   const forkPanel = rec.panels.at(-1);
-  assert.equal(forkPanel.title, forkId);
+  assert.equal(forkPanel.title, "hello from the webview (fork)");
   forkPanel.receive({ type: "ready" });
   const forkReset = await until(() => panelReset(forkPanel, () => true), "fork reset");
   assert.ok(forkReset.items.some((i) => i.kind === "assistant" && i.text === "hello from the webview"));
@@ -224,6 +233,39 @@ test("extension under a stub vscode: new agent, chat, tree, status, approvals, f
 
   deactivated = true;
   await ext.deactivate();
+});
+
+/** An in-memory `Memento` (context.globalState). */
+function memento() {
+  const m = new Map();
+  return { get: (k, d) => (m.has(k) ? m.get(k) : d), update: async (k, v) => void m.set(k, v), keys: () => [...m.keys()] };
+}
+
+test("a server that cannot be found: the error names kode.serverPath and where to set it", async (t) => {
+  const stub = createVscodeStub({
+    workspaceFolder: env.work,
+    remoteName: "ssh-remote",
+    config: { "kode.serverPath": join(env.root, "no-such-kode-rpc") },
+  });
+  const uninstall = stub.install();
+  t.after(uninstall);
+  const ext = stub.loadExtension(join(root, "dist", "extension.js"));
+  const { rec } = stub;
+  const context = {
+    extensionPath: root,
+    extensionUri: stub.vscode.Uri.file(root),
+    subscriptions: [],
+    extension: { packageJSON: pkg },
+    globalState: memento(),
+  };
+  ext.activate(context);
+  t.after(() => ext.deactivate());
+  await rec.commands.get("kode.newAgent")();
+  const err = await until(() => rec.messages.find((m) => m.kind === "error"), "error message");
+  assert.match(err.message, /"kode\.serverPath" is .*no-such-kode-rpc, which is not an executable file on the remote machine \(ssh-remote\)/);
+  assert.match(err.message, /Remote settings/);
+  assert.doesNotMatch(err.message, /`command`/);
+  assert.deepEqual(err.items, ["Open Settings", "Show Server Log"]);
 });
 
 function panelReset(panel, pred) {

@@ -88,12 +88,14 @@ test("status text shows state and token usage after a turn", async (t) => {
     script: [{ text: "Counted.", usage: { inputTokens: 1200, outputTokens: 34 } }],
   });
   const before = session.status(a.agentId);
-  assert.match(before.text, /: ready · 0 tokens$/);
+  assert.equal(before.text, `${a.agentId}: ready · 0/128k (0%) · $0.00`);
   await sendAndWait(session, a.agentId, "count");
   const st = session.status(a.agentId);
-  assert.equal(st.text, `${a.agentId}: ready · 1.2k tokens`);
-  assert.match(st.tooltip, /State: READY/);
-  assert.match(st.tooltip, /Tokens: 1200 in, 34 out/);
+  // Titled from the first message; context = the last call's input + output, of 128k (scripted: not in the table).
+  assert.equal(st.text, "count: ready · 1.2k/128k (1%) · $0.00");
+  assert.equal(st.context.used, 1234);
+  assert.match(st.tooltip, /State: ready/);
+  assert.match(st.tooltip, /Tokens so far: 1,200 in, 34 out/);
   assert.equal(st.busy, false);
   // agent/status agrees (and refreshing does not double count).
   const again = await session.refreshStatus(a.agentId);
@@ -147,7 +149,8 @@ test("list, open (history from the store), fork and delete", async (t) => {
   assert.equal(items[2].name, "fs_write");
   assert.equal(items[2].state, "COMPLETED");
   assert.equal(items[3].text, "Written.");
-  assert.match(session.status(a.agentId).text, /ready · \d+ tokens/);
+  assert.match(session.status(a.agentId).text, /^write it: ready · \d+\/128k \([\d.]+%\) · \$0\.00$/);
+  assert.ok(session.status(a.agentId).context.used > 0, "the last token_usage is read back from the store");
 
   const fork = await session.forkAgent(a.agentId, `${a.agentId}-copy`);
   assert.equal(fork.agentId, `${a.agentId}-copy`);
@@ -172,7 +175,11 @@ test("interrupt ends a running turn", async (t) => {
     script: [{ toolCalls: [{ name: "bash_run", input: { cmd: "sleep 20" } }] }, { text: "never" }],
   });
   const client = await session.start();
-  const executing = client.waitForEvent(a.agentId, (e) => e.event.type === "tool:start");
+  // The tool is running (not just announced: a call interrupted before it runs is denied, not failed).
+  const executing = client.waitForEvent(
+    a.agentId,
+    (e) => e.event.type === "breakpoint_changed" && e.event.current === "TOOL_EXECUTING",
+  );
   const done = client.waitForEvent(a.agentId, (e) => e.event.type === "done", { timeoutMs: 15_000 });
   await session.send(a.agentId, "sleep");
   await executing;

@@ -50,7 +50,7 @@ class ThemeIcon {
 }
 
 /** Creates a fresh stub; `install()` makes `require("vscode")` return it. */
-export function createVscodeStub({ workspaceFolder, config = {} } = {}) {
+export function createVscodeStub({ workspaceFolder, config = {}, remoteName, web = false } = {}) {
   const rec = {
     commands: new Map(),
     panels: [],
@@ -82,6 +82,8 @@ export function createVscodeStub({ workspaceFolder, config = {} } = {}) {
     StatusBarAlignment: { Left: 1, Right: 2 },
     TreeItemCollapsibleState: { None: 0, Collapsed: 1, Expanded: 2 },
     ProgressLocation: { SourceControl: 1, Window: 10, Notification: 15 },
+    UIKind: { Desktop: 1, Web: 2 },
+    env: { remoteName, uiKind: web ? 2 : 1 },
     window: {
       createOutputChannel(name, opts) {
         const push = (level) => (m) => rec.output.lines.push(`[${level}] ${m}`);

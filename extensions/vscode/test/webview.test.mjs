@@ -91,7 +91,9 @@ test("dispatcher over a real session: ready -> reset, send -> streamed echo, int
   assert.equal(posted[0].agentId, echo.agentId);
   assert.deepEqual(posted[0].items.map((i) => i.kind), ["user", "assistant"]);
   assert.equal(posted[0].header.state, "READY");
-  assert.match(posted[0].header.statusText, /^ready · \d+ tokens$/);
+  assert.match(posted[0].header.statusText, /^ready · \d+\/128k \([\d.]+%\) · \$0\.00$/);
+  assert.equal(posted[0].header.stateLabel, "ready");
+  assert.equal(posted[0].header.title, "early", "titled from the first message");
   assert.equal(posted[0].header.model, "echo/echo");
 
   posted.length = 0;

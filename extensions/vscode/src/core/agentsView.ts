@@ -10,15 +10,16 @@ export interface AgentEntry {
   icon: string;
 }
 
-export function agentEntry(info: AgentInfo, now: Date = new Date()): AgentEntry {
+/** A tree entry: the chat's title (the id when it has none) with state, model and age; the id in the tooltip. */
+export function agentEntry(info: AgentInfo, now: Date = new Date(), title?: string): AgentEntry {
   const model = `${info.model.provider}${info.model.model && info.model.model !== info.model.provider ? `/${info.model.model}` : ""}`;
   const state = info.state === "READY" ? "" : info.state === "WORKING" ? "working · " : "paused · ";
   return {
     agentId: info.agentId,
-    label: info.agentId,
+    label: title || info.agentId,
     description: `${state}${model} · ${relativeTime(info.updatedAt, now)}`,
     tooltip: [
-      info.agentId,
+      title && title !== info.agentId ? `${title}\nAgent: ${info.agentId}` : info.agentId,
       `Model: ${model}`,
       `State: ${info.state}`,
       `Messages: ${info.messageCount}`,

@@ -3,6 +3,7 @@
  * `agent/messages` history) into a list of items the webview renders. No `vscode` here.
  */
 import type { ApprovalRequest, EventEnvelope, Message, ToolCall } from "@kode-rpc/client";
+import { contextTokens } from "./models.js";
 
 export type AgentState = "READY" | "WORKING" | "PAUSED";
 export type ToolState = NonNullable<ToolCall["state"]>;
@@ -109,6 +110,10 @@ export class ChatModel {
   lastSeq = 0;
   /** Token usage already counted in `usage` up to this seq (from `agent/status`). */
   private usageSeq = 0;
+  /** The agent's breakpoint (`AWAITING_APPROVAL` while it waits on an approval), from `breakpoint_changed`/`agent/status`. */
+  breakpoint: string | undefined;
+  /** Tokens in the model's context after the last model call (its `token_usage`); undefined before one. */
+  contextTokens: number | undefined;
   /** The turn that is running, from the last `state_changed`/`done`. */
   currentTurnId: string | undefined;
   lastDoneReason: string | undefined;
@@ -179,9 +184,11 @@ export class ChatModel {
   setStatus(status: {
     state: AgentState;
     lastSeq: number;
+    breakpoint?: string;
     usage?: { inputTokens?: number; outputTokens?: number; costUsd?: number };
   }): void {
     this.state = status.state;
+    if (status.breakpoint !== undefined) this.breakpoint = status.breakpoint;
     const inp = status.usage?.inputTokens ?? 0;
     const out = status.usage?.outputTokens ?? 0;
     this.usage = {
@@ -193,6 +200,24 @@ export class ChatModel {
     };
     // Not lastSeq: events up to status.lastSeq may still be in flight and must apply.
     this.usageSeq = Math.max(this.usageSeq, status.lastSeq);
+  }
+
+  /**
+   * The context after the last model call of a stored agent (its last `token_usage`,
+   * read with `agent/events` when the chat is opened); a live event later wins.
+   */
+  setLastTokenUsage(seq: number, u: { inputTokens: number; outputTokens: number; cacheReadTokens?: number | null; cacheWriteTokens?: number | null }): void {
+    if (seq < this.contextSeq) return;
+    this.contextSeq = seq;
+    this.contextTokens = contextTokens(u);
+  }
+
+  private contextSeq = 0;
+
+  /** The text of the first user message, if any (a chat's automatic title). */
+  firstUserText(): string | undefined {
+    const u = this.list.find((i): i is UserItem => i.kind === "user");
+    return u?.text;
   }
 
   /** Adds what an `approval/request` asks (diff, command) to its card. */
@@ -350,6 +375,7 @@ export class ChatModel {
         card.state = "APPROVAL_REQUIRED";
         card.approval = { approvalId: ev.approvalId, status: "pending" };
         touch(card);
+        change.header = true; // "awaiting approval"
         break;
       }
       case "permission_decided": {
@@ -364,6 +390,7 @@ export class ChatModel {
           };
           if (!isFinalToolState(card.state)) card.state = ev.decision === "allow" ? "APPROVED" : "DENIED";
           touch(card);
+          change.header = true;
         }
         break;
       }
@@ -372,7 +399,13 @@ export class ChatModel {
         if (ev.state !== "READY" && turnId) this.currentTurnId = turnId;
         change.header = true;
         break;
+      case "breakpoint_changed":
+        this.breakpoint = ev.current;
+        change.header = true;
+        break;
       case "token_usage":
+        this.setLastTokenUsage(env.seq, ev);
+        change.header = true;
         if (env.seq > this.usageSeq) {
           const u = this.usage;
           u.inputTokens += ev.inputTokens;
@@ -426,7 +459,7 @@ export class ChatModel {
         }
         break;
       default:
-        // breakpoint_changed, step_complete, todo_changed, file_changed, context_compression: not rendered.
+        // step_complete, todo_changed, file_changed, context_compression: not rendered.
         break;
     }
     return change;

@@ -17,12 +17,12 @@ export class ChatViewController implements WebviewTarget, Disposable {
     private readonly session: KodeSession,
     readonly agentId: string,
     private readonly post: (msg: ToWebview) => unknown,
-    private readonly hooks: { showLog?: () => unknown; onError?: (message: string) => void } = {},
+    private readonly hooks: { showLog?: () => unknown; rename?: () => unknown; onError?: (message: string) => void } = {},
   ) {
     this.sub = session.onDidChange((e) => {
       if (!this.live) return;
       if (e.type === "items" && e.agentId === agentId) this.post({ type: "items", items: e.items });
-      else if (e.type === "header" && e.agentId === agentId) this.postHeader();
+      else if ((e.type === "header" || e.type === "title") && e.agentId === agentId) this.postHeader();
       else if (e.type === "reset" && e.agentId === agentId) this.postReset();
       else if (e.type === "deleted" && e.agentId === agentId) this.post({ type: "deleted" });
     });
@@ -35,11 +35,15 @@ export class ChatViewController implements WebviewTarget, Disposable {
     const m = a.info?.model;
     return {
       agentId: this.agentId,
+      title: this.session.title(this.agentId),
       state: a.model.state,
       busy: a.model.busy,
+      stateLabel: st.label,
       statusText: st.detail,
       tooltip: st.tooltip,
       usage: { ...a.model.usage },
+      context: st.context,
+      costUsd: st.costUsd,
       model: m ? `${m.provider}${m.model ? `/${m.model}` : ""}` : undefined,
     };
   }
@@ -99,6 +103,11 @@ export class ChatViewController implements WebviewTarget, Disposable {
 
   showLog(): unknown {
     return this.hooks.showLog?.();
+  }
+
+  /** The header's rename button: the host asks for the new title. */
+  rename(): unknown {
+    return this.hooks.rename?.();
   }
 
   private fail(e: unknown): void {

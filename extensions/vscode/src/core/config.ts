@@ -157,3 +157,55 @@ export function newAgentId(now: Date = new Date(), rand: () => number = Math.ran
 }
 
 export const AGENT_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+/** Where the extension runs, for advice about `kode.serverPath`. */
+export interface WindowKind {
+  /** `vscode.env.remoteName` (`ssh-remote`, `wsl`, `codespaces`, ...), if any. */
+  remoteName?: string;
+  /** `vscode.env.uiKind === UIKind.Web` (code-server, vscode.dev, Codespaces in a browser). */
+  web?: boolean;
+}
+
+export interface StartErrorHelp {
+  message: string;
+  /** Offer a button that opens the settings at `kode.serverPath` (Remote settings when `remote`). */
+  openSettings: boolean;
+  remote: boolean;
+}
+
+/**
+ * A user's message for a server that could not be found (the library's
+ * `KodeServerNotFoundError`, recognised by name so a second copy of the library works
+ * too): it names the `kode.serverPath` setting and where to put it. In a remote window
+ * (Remote-SSH, WSL, Codespaces, code-server) the server runs on the remote machine, and
+ * `kode.serverPath` is a machine setting: it belongs in the Remote settings there.
+ * Undefined for other errors.
+ */
+export function startErrorHelp(e: unknown, win: WindowKind = {}): StartErrorHelp | undefined {
+  if (!(e instanceof Error) || e.name !== "KodeServerNotFoundError") return undefined;
+  const err = e as Error & { reason?: string; tried?: string[]; path?: string };
+  const remote = Boolean(win.remoteName) || Boolean(win.web);
+  const machine = remote
+    ? `the ${win.remoteName ? `remote machine (${win.remoteName})` : "machine that runs the extension host"}`
+    : "this machine";
+  const where = remote
+    ? 'in the Remote settings ("Preferences: Open Remote Settings"): it is a machine setting, so a value in your local User settings does not apply in a remote window'
+    : 'in your User settings ("Preferences: Open User Settings")';
+  if (err.reason === "bad_server_path") {
+    return {
+      message:
+        `The setting "kode.serverPath" is ${err.path ?? "set"}, which is not an executable file on ${machine}. ` +
+        `Fix it ${where}, or clear it to let the extension find the server.`,
+      openSettings: true,
+      remote,
+    };
+  }
+  const tried = err.tried?.length ? ` (tried: ${err.tried.join(", ")})` : "";
+  return {
+    message:
+      `The kode-rpc server was not found on ${machine}${tried}. Install it there (pip install kode-rpc) ` +
+      `or set "kode.serverPath" to the path of a kode-rpc executable ${where}.`,
+    openSettings: true,
+    remote,
+  };
+}

@@ -3,6 +3,8 @@ export * from "./chatModel.js";
 export * from "./approvals.js";
 export * from "./session.js";
 export * from "./status.js";
+export * from "./models.js";
+export * from "./titles.js";
 export * from "./config.js";
 export * from "./events.js";
 export * from "./chatView.js";

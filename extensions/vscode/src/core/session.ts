@@ -19,6 +19,7 @@ import { ChatModel, type ApprovalChoice, type ChatItem } from "./chatModel.js";
 import { agentConfig, newAgentId, type KodeSettings, type NewAgentOptions } from "./config.js";
 import { Emitter } from "./events.js";
 import { formatStatus, type StatusView } from "./status.js";
+import { TitleBook, titleFromText, type TitleStorage } from "./titles.js";
 
 export interface SessionOptions {
   /**
@@ -32,6 +33,8 @@ export interface SessionOptions {
   workDir?: () => string | undefined;
   approvalHost: ApprovalHost;
   logger?: Logger;
+  /** Where chat titles are kept (VS Code's globalState); in memory when absent. */
+  titles?: TitleStorage;
 }
 
 export type ClientOptions = Omit<KodeClientOptions, "approvalHandler">;
@@ -49,6 +52,8 @@ export type SessionEvent =
   | { type: "current"; agentId: string | undefined }
   /** The agent was deleted. */
   | { type: "deleted"; agentId: string }
+  /** The chat's title changed (first message, rename). */
+  | { type: "title"; agentId: string }
   /** The library's client state changed (restarting, failed...). */
   | { type: "client"; state: ClientState };
 
@@ -72,10 +77,35 @@ export class KodeSession {
   private _approvals: ApprovalBroker;
   readonly onDidChange = this.emitter.event;
   private readonly logger: Logger;
+  /** Chat titles (first user message, or the user's). */
+  readonly titles: TitleBook;
+  /** Stored agents whose first message was already looked up for a title. */
+  private readonly titleLookups = new Set<string>();
 
   constructor(private readonly options: SessionOptions) {
     this.logger = options.logger ?? noopLogger;
     this._approvals = this.newBroker();
+    this.titles = new TitleBook(options.titles);
+    this.titles.onDidChange((agentId) => {
+      this.emitter.fire({ type: "title", agentId });
+      this.emitter.fire({ type: "header", agentId });
+    });
+  }
+
+  /** The chat's title: the user's, else from its first message, else the agent id. */
+  title(agentId: string): string {
+    return this.titles.display(agentId);
+  }
+
+  /** Renames a chat; an empty title goes back to the first message. */
+  rename(agentId: string, title: string | undefined): void {
+    this.titles.rename(agentId, title);
+    if (!this.titles.has(agentId)) {
+      const first = this.agents.get(agentId)?.model.firstUserText();
+      if (first) this.titles.setAuto(agentId, titleFromText(first));
+      else this.titleLookups.delete(agentId);
+    }
+    this.emitter.fire({ type: "agents" });
   }
 
   private newBroker(): ApprovalBroker {
@@ -85,6 +115,7 @@ export class KodeSession {
       if (!a) return;
       const card = a.model.attachApprovalRequest(p.request);
       this.emitter.fire({ type: "items", agentId: a.agentId, items: [card] });
+      this.emitter.fire({ type: "header", agentId: a.agentId }); // "awaiting approval"
     });
     return b;
   }
@@ -156,6 +187,7 @@ export class KodeSession {
     this.disposed = true;
     await this.stop();
     this.emitter.dispose();
+    this.titles.dispose();
   }
 
   // --- events ------------------------------------------------------------------------
@@ -257,7 +289,12 @@ export class KodeSession {
       if (history.total > history.messages.length) {
         model.addNotice("info", `Showing the last ${history.messages.length} of ${history.total} messages.`);
       }
-      model.setStatus({ state: status.state, lastSeq: status.lastSeq, usage: status.usage });
+      model.setStatus({ state: status.state, lastSeq: status.lastSeq, breakpoint: status.breakpoint, usage: status.usage });
+      await this.loadLastTokenUsage(client, agentId, model, status.lastSeq);
+      if (history.total === history.messages.length) {
+        const first = model.firstUserText();
+        if (first) this.titles.setAuto(agentId, titleFromText(first));
+      }
       // Approvals still pending (e.g. after a restart) show on their cards.
       for (const p of status.pendingApprovals) model.markApprovalPending(p.approvalId, p.call, p.turnId);
       const a: OpenAgent = { agentId, model, info: resumed };
@@ -269,6 +306,48 @@ export class KodeSession {
     } finally {
       sub.dispose();
     }
+  }
+
+  /** The context after the agent's last model call: its last `token_usage` (bounded look-back). */
+  private async loadLastTokenUsage(client: KodeClient, agentId: string, model: ChatModel, lastSeq: number): Promise<void> {
+    try {
+      const since = Math.max(0, lastSeq - 400);
+      const r = await client.events({ agentId, since, limit: 400, channels: ["monitor"] });
+      for (let i = r.events.length - 1; i >= 0; i--) {
+        const e = r.events[i]!;
+        if (e.event.type === "token_usage") {
+          model.setLastTokenUsage(e.seq, e.event);
+          break;
+        }
+      }
+    } catch (e) {
+      this.logger.warn(`kode: ${agentId}: could not read its last token usage: ${errorMessage(e)}`);
+    }
+  }
+
+  /**
+   * Titles of stored agents that have none yet (created elsewhere, or before titles):
+   * their first user message, looked up once each, a few at a time.
+   */
+  private async lookUpTitles(client: KodeClient, agents: AgentInfo[]): Promise<void> {
+    const todo = agents.filter((a) => a.messageCount > 0 && !this.titles.has(a.agentId) && !this.titleLookups.has(a.agentId));
+    if (!todo.length) return;
+    for (const a of todo) this.titleLookups.add(a.agentId);
+    let found = 0;
+    const worker = async () => {
+      for (let a = todo.shift(); a; a = todo.shift()) {
+        try {
+          const r = await client.messages({ agentId: a.agentId, limit: 4, before: 4 });
+          const first = r.messages.find((m) => m.role === "user" && m.content.some((b) => b.type === "text" && b.text));
+          const text = first?.content.map((b) => (b.type === "text" ? b.text : "")).join("\n");
+          if (text && this.titles.setAuto(a.agentId, titleFromText(text))) found++;
+        } catch {
+          /* deleted meanwhile, or the server went away: the id stays the title */
+        }
+      }
+    };
+    await Promise.all([worker(), worker(), worker()]);
+    if (found) this.emitter.fire({ type: "agents" });
   }
 
   /** All stored agents (every page), most recently updated first. */
@@ -283,6 +362,7 @@ export class KodeSession {
       cursor = r.nextCursor;
     }
     out.sort((x, y) => (x.updatedAt < y.updatedAt ? 1 : x.updatedAt > y.updatedAt ? -1 : 0));
+    void this.lookUpTitles(client, out);
     return out;
   }
 
@@ -292,6 +372,7 @@ export class KodeSession {
     const client = await this.start();
     const item = a.model.addUserMessage(text);
     this.emitter.fire({ type: "items", agentId, items: [item] });
+    if (this.titles.setAuto(agentId, titleFromText(text))) this.emitter.fire({ type: "agents" });
     try {
       const r = await client.send({ agentId, text });
       const it = a.model.setUserTurn(item.id, r.turnId);
@@ -346,6 +427,7 @@ export class KodeSession {
     const client = await this.start();
     const r = await client.deleteAgent({ agentId });
     this.agents.delete(agentId);
+    this.titles.forget(agentId);
     if (this._current === agentId) this.setCurrent(undefined);
     this.emitter.fire({ type: "deleted", agentId });
     this.emitter.fire({ type: "agents" });
@@ -356,6 +438,8 @@ export class KodeSession {
   async forkAgent(agentId: string, newAgentId?: string): Promise<AgentInfo> {
     const client = await this.start();
     const info = await client.fork(newAgentId ? { agentId, newAgentId } : { agentId });
+    const title = this.titles.get(agentId);
+    if (title) this.titles.setAuto(info.agentId, `${title} (fork)`);
     this.emitter.fire({ type: "agents" });
     return info;
   }
@@ -366,9 +450,12 @@ export class KodeSession {
     if (!a) return undefined;
     return formatStatus({
       agentId,
+      title: this.title(agentId),
       state: a.model.state,
       usage: a.model.usage,
       pendingApprovals: a.model.pendingApprovals().length,
+      breakpoint: a.model.breakpoint,
+      contextTokens: a.model.contextTokens,
       model: a.info?.model,
     });
   }
@@ -379,7 +466,7 @@ export class KodeSession {
     if (!a) return undefined;
     const client = await this.start();
     const st = await client.status({ agentId });
-    a.model.setStatus({ state: st.state, lastSeq: st.lastSeq, usage: st.usage });
+    a.model.setStatus({ state: st.state, lastSeq: st.lastSeq, breakpoint: st.breakpoint, usage: st.usage });
     this.emitter.fire({ type: "header", agentId });
     return this.status(agentId);
   }

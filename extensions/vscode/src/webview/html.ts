@@ -61,8 +61,8 @@ export function renderChatHtml(o: ChatHtmlOptions): string {
 </head>
 <body>
   <header id="header">
-    <div class="title"><span id="agent-id">${a(o.title)}</span> <span id="model" class="muted"></span></div>
-    <div class="status"><span id="state-dot" class="dot"></span><span id="status-text" class="muted">connecting…</span></div>
+    <div class="title"><span id="agent-title">${a(o.title)}</span><button id="rename" class="icon-button" title="Rename this chat" aria-label="Rename this chat">✎</button> <span id="model" class="muted"></span></div>
+    <div class="status"><span id="state-dot" class="dot"></span><span id="status-text" class="muted"><span id="state-label">connecting…</span><span id="numbers"> · <span id="context" title="Context used after the last model call, of the model's context window"></span> · <span id="cost" title="Cost so far"></span></span></span></div>
   </header>
   <main id="transcript" aria-live="polite"></main>
   <div id="error" class="error-banner" hidden></div>
@@ -70,7 +70,7 @@ export function renderChatHtml(o: ChatHtmlOptions): string {
     <textarea id="input" rows="3" placeholder="Ask the agent… (Enter to send, Shift+Enter for a new line)" aria-label="Message"></textarea>
     <div class="buttons">
       <button id="send" title="Send (Enter)">Send</button>
-      <button id="interrupt" class="secondary" title="Interrupt the running turn" disabled>Interrupt</button>
+      <button id="interrupt" class="secondary" title="Interrupt the running turn (also: Kode: Interrupt Agent)" disabled>Interrupt</button>
     </div>
   </footer>
 ${prelude}  <script nonce="${a(o.nonce)}" src="${a(o.scriptUri)}"></script>

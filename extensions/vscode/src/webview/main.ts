@@ -235,16 +235,29 @@ function schedule(ids: Iterable<string>): void {
   }, 100);
 }
 
+function formatTokens(n: number): string {
+  if (n < 1000) return String(n);
+  if (n < 1_000_000) return `${(n / 1000).toFixed(n < 10_000 ? 1 : 0).replace(/\.0$/, "")}k`;
+  return `${(n / 1_000_000).toFixed(1).replace(/\.0$/, "")}M`;
+}
+
 function setHeader(h: HeaderState): void {
-  $("agent-id").textContent = h.agentId;
+  $("agent-title").textContent = h.title;
+  $("agent-title").title = h.title === h.agentId ? h.agentId : `${h.title}\nAgent: ${h.agentId}`;
   $("model").textContent = h.model ?? "";
-  const st = $("status-text");
-  st.textContent = h.statusText;
-  st.title = h.tooltip;
-  $("state-dot").className = `dot ${h.state.toLowerCase()}`;
+  $("status-text").title = h.tooltip;
+  $("state-label").textContent = h.stateLabel;
+  // The numbers come from the extension's status line (one formatter for header and status bar).
+  const [, ctx = "", cost = ""] = h.statusText.split(" · ");
+  $("context").textContent = ctx;
+  $("context").title = `Context: ${h.context.used.toLocaleString("en-US")} of ${formatTokens(h.context.window)} tokens`;
+  $("cost").textContent = cost;
+  $("state-dot").className = `dot ${h.state.toLowerCase()}${h.stateLabel === "awaiting approval" ? " approval" : ""}`;
   busy = h.busy;
   interruptBtn.disabled = !busy;
-  document.title = h.agentId;
+  document.title = h.title;
+  document.body.dataset.agentId = h.agentId;
+  document.body.dataset.state = h.state;
 }
 
 let errorTimer: ReturnType<typeof setTimeout> | undefined;
@@ -298,13 +311,16 @@ function send(): void {
 }
 
 sendBtn.addEventListener("click", send);
-interruptBtn.addEventListener("click", () => vscode.postMessage({ type: "interrupt" }));
+// Interrupting is a deliberate action (the button, or the "Kode: Interrupt Agent" command):
+// Esc is not bound, so Esc pressed to close a toast or a suggestion never stops a turn.
+interruptBtn.addEventListener("click", () => {
+  if (busy) vscode.postMessage({ type: "interrupt" });
+});
+$("rename").addEventListener("click", () => vscode.postMessage({ type: "rename" }));
 input.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
     e.preventDefault();
     send();
-  } else if (e.key === "Escape" && busy) {
-    vscode.postMessage({ type: "interrupt" });
   }
 });
 input.addEventListener("input", () => saveState());

@@ -4,15 +4,24 @@
  * type-only imports here, nothing that needs Node or `vscode`.
  */
 import type { ApprovalChoice, ChatItem, Usage, AgentState } from "../core/chatModel.js";
+import type { ContextView } from "../core/status.js";
 
 /** What the chat header shows. */
 export interface HeaderState {
   agentId: string;
+  /** The chat's title (first user message, or the user's); the id when there is none yet. */
+  title: string;
   state: AgentState;
   busy: boolean;
+  /** `ready`, `working`, `awaiting approval`, `paused`. */
+  stateLabel: string;
+  /** State, context used and cost: `awaiting approval · 1.2k/200k (0.6%) · $0.0012`. */
   statusText: string;
   tooltip: string;
   usage: Usage;
+  /** Context used after the last model call, and the model's window. */
+  context: ContextView;
+  costUsd: number;
   model?: string;
 }
 
@@ -30,6 +39,7 @@ export type FromWebview =
   | { type: "send"; text: string }
   | { type: "interrupt" }
   | { type: "approve"; approvalId: string; decision: ApprovalChoice }
+  | { type: "rename" }
   | { type: "showLog" };
 
 /** What a chat view's messages act on (one agent): `ChatViewController` implements it over a session. */
@@ -38,6 +48,7 @@ export interface WebviewTarget {
   send(text: string): unknown;
   interrupt(): unknown;
   approve(approvalId: string, decision: ApprovalChoice): unknown;
+  rename?(): unknown;
   showLog?(): unknown;
 }
 
@@ -55,6 +66,7 @@ export function parseWebviewMessage(msg: unknown): FromWebview | { error: string
   switch (m.type) {
     case "ready":
     case "interrupt":
+    case "rename":
     case "showLog":
       return { type: m.type };
     case "send": {
@@ -93,6 +105,9 @@ export async function handleWebviewMessage(msg: unknown, target: WebviewTarget):
         break;
       case "approve":
         await target.approve(parsed.approvalId, parsed.decision);
+        break;
+      case "rename":
+        await target.rename?.();
         break;
       case "showLog":
         await target.showLog?.();
