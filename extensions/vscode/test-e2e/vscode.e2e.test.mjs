@@ -419,8 +419,13 @@ step("approval answered in a notification while the chat is hidden; the file is 
   await sendInChat(frame, "And the second file");
   // Switch away from the chat: open a file in its editor group (Quick Open).
   await activeGroupTab().click();
-  await page.keyboard.press("Control+P");
-  await page.locator(".quick-input-widget .quick-input-box input").fill("README.txt");
+  // The approval arriving meanwhile can re-render the chat and take the focus, closing a
+  // Quick Open that was just opened: open it again until it takes the text.
+  await until(async () => {
+    await page.keyboard.press("Control+P");
+    await page.locator(".quick-input-widget .quick-input-box input").fill("README.txt", { timeout: 3000 });
+    return true;
+  }, "Quick Open taking the file name");
   await page.locator(".quick-input-widget .monaco-list-row", { hasText: "README.txt" }).first().waitFor({ timeout: T });
   await page.keyboard.press("Enter");
   await until(async () => (await activeTabTitle()) === "README.txt", "README.txt in front");
