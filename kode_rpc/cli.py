@@ -1,4 +1,4 @@
-"""`kode-rpc [serve|chat|schema|--version]`; no subcommand means `serve`.
+"""`kode-rpc [serve|chat|schema|doctor|store copy|--version]`; no subcommand means `serve`.
 
 Heavy modules are imported inside each command so `--version` and `schema`
 stay cheap and `serve` pays only for what the server needs. The plain `serve`
@@ -21,8 +21,13 @@ FRAMINGS = ("content-length", "ndjson")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+STORE_HELP = ("store URL: sqlite:///abs/kode.db, postgresql://user@host/db, json:///abs/dir "
+              "(default: env KODE_STORE, else [store] url in config.toml, else sqlite://<data dir>/kode.db)")
+
+
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="where the SQLite store lives (default: platform user data dir; env KODE_DATA_DIR)")
+    p.add_argument("--store", metavar="URL", help=STORE_HELP)
     p.add_argument("--framing", choices=list(FRAMINGS), default="content-length")
     p.add_argument("--log-level", default="INFO", choices=list(LOG_LEVELS), type=str.upper)
     p.add_argument("--max-agents", type=int, default=None, help="agents kept in memory (default 50)")
@@ -35,10 +40,11 @@ def _fast_serve_args(argv: list[str]) -> dict[str, Any] | None:
     if not argv or argv[0] != "serve":
         return None
     opts: dict[str, Any] = {"data_dir": None, "framing": "content-length", "log_level": "INFO", "max_agents": None}
+    # "store" is set only when given (`--store`), so the usual command lines read as before.
     rest = argv[1:]
     while rest:
         flag, eq, value = rest[0].partition("=")
-        if flag not in ("--data-dir", "--framing", "--log-level", "--max-agents"):
+        if flag not in ("--data-dir", "--framing", "--log-level", "--max-agents", "--store"):
             return None
         if not eq:
             if len(rest) < 2 or rest[1].startswith("-"):
@@ -47,6 +53,8 @@ def _fast_serve_args(argv: list[str]) -> dict[str, Any] | None:
         rest = rest[1:] if eq else rest[2:]
         if flag == "--data-dir":
             opts["data_dir"] = value
+        elif flag == "--store":
+            opts["store"] = value
         elif flag == "--framing":
             if value not in FRAMINGS:
                 return None
@@ -82,13 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("-m", "--message", action="append", help="send this message and exit (repeatable)")
     acp = sub.add_parser("acp", help="speak the Agent Client Protocol on stdin/stdout (Zed, JetBrains, ACP plugins)")
     acp.add_argument("--data-dir")
-    acp.add_argument("--store", help="store URL (only sqlite:// is built so far)")
+    acp.add_argument("--store", metavar="URL", help=STORE_HELP)
     acp.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub.add_parser("schema", help="print the JSON Schema of the whole protocol")
     doctor = sub.add_parser("doctor", help="check paths, database, configured providers (exit 1 on problems)")
     doctor.add_argument("--data-dir")
+    doctor.add_argument("--store", metavar="URL", help=STORE_HELP)
     doctor.add_argument("--json", action="store_true", help="machine-readable report")
+    store = sub.add_parser("store", help="work with stores (copy agents between them)")
+    store_sub = store.add_subparsers(dest="store_command")
+    copy = store_sub.add_parser("copy", help="copy agents (events with their seqs, messages, tool calls, approvals, "
+                                             "todos, usage) from one store to another; existing ones are skipped")
+    copy.add_argument("source", metavar="FROM", help="source store URL")
+    copy.add_argument("target", metavar="TO", help="target store URL")
+    copy.add_argument("--agent", action="append", metavar="ID", help="copy only this agent (repeatable)")
     return parser
+
+
+def _use_store(url: str | None) -> None:
+    """`--store URL` for `serve`: handed to the server as KODE_STORE, which `--store` outranks anyway
+    (and which tools never see: sandbox/env.py removes it)."""
+    if url:
+        import os
+
+        os.environ["KODE_STORE"] = url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,16 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     if fast is not None:
         from .server.app import serve
 
+        _use_store(fast.get("store"))
         return serve(fast["data_dir"], fast["framing"], fast["log_level"], fast["max_agents"])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
         from .server.app import serve
 
+        _use_store(args.store)
         return serve(args.data_dir, args.framing, args.log_level, args.max_agents)
     if args.command == "acp":
         from .acp.app import serve_acp
 
+        _use_store(args.store)
         return serve_acp(args.data_dir, args.log_level)
     if args.command == "schema":
         import json
@@ -126,7 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         from .doctor import run_doctor
 
-        return run_doctor(args.data_dir, args.json)
+        return run_doctor(args.data_dir, args.json, args.store)
+    if args.command == "store":
+        if args.store_command == "copy":
+            from .store.copy import run_copy
+
+            return run_copy(args.source, args.target, args.agent)
+        parser.parse_args(["store", "--help"])
+        return 2
     if args.command == "chat":
         from .chat import run_chat
 

@@ -444,6 +444,8 @@ class Fuzzer:
             return {"agentId": agent, "approvalId": "apr_nope", "decision": "allow", "note": "n", "remember": False}
         if method in ("agent/status", "store/consistency", "agent/checkpoints"):
             return {"agentId": agent}
+        if method == "agent/compact":
+            return {"agentId": agent, "instructions": "the plan"}
         if method == "agent/rewind":
             return {"agentId": agent, "checkpointId": "cp_1", "restore": rng.choice(["code", "conversation", "both"]),
                     "dryRun": rng.choice([True, False]), "force": False}

@@ -124,6 +124,17 @@ class BudgetConfig(WireModel):
     max_tokens: int | None = Field(default=None, gt=0)
 
 
+class ContextConfig(WireModel):
+    """Context compression (contract 13)."""
+
+    max_tokens: int | None = Field(default=None, gt=0)
+    """The prompt size the model takes (default: the model's context window; 128,000 if unknown)."""
+    compress_at: float | None = Field(default=None, gt=0, le=1)
+    """Compress before a model call whose estimated prompt is above `compressAt * maxTokens` (default 0.8)."""
+    keep_recent_tokens: int | None = Field(default=None, ge=0)
+    """The recent messages kept as they are (default: a fifth of `maxTokens`)."""
+
+
 MCP_SERVER_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 McpServerName = Annotated[str, Field(pattern=MCP_SERVER_NAME_PATTERN)]
 
@@ -177,6 +188,8 @@ class AgentConfig(WireModel):
     `[mcp_servers.*]`: an entry of the same name wins, `null` turns a global one off."""
     checkpoints: bool = True
     """Snapshot the workDir before a turn changes files, so it can be rewound (contract 14)."""
+    context: ContextConfig | None = None
+    """When and how the conversation is compressed (contract 13)."""
 
 
 class ModelRef(WireModel):
@@ -249,6 +262,10 @@ class Message(WireModel):
     content: list[ContentBlock]
     turn_id: str | None = None
     created_at: str
+    kind: Literal["summary"] | None = None
+    """`summary`: the message is a context compression's summary (contract 13)."""
+    compacted: bool | None = None
+    """True when a context compression summarised the message away (contract 13)."""
     rewound: bool | None = None
     """True when an `agent/rewind` took the message out of the model's context (contract 14)."""
 
@@ -412,3 +429,16 @@ class RewindResult(WireModel):
     conflicts: list[str]
     """Files changed outside the agent since its last turn ended; with any and no
     `force`, nothing is restored."""
+
+
+class CompactParams(AgentRef):
+    instructions: str | None = None
+    """What the summary should focus on."""
+
+
+class CompactResult(WireModel):
+    compressed: bool
+    """False when there was nothing to summarise (or the summary call failed)."""
+    ratio: float | None = None
+    """Estimated prompt after / before."""
+    compacted_messages: int

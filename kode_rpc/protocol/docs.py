@@ -89,7 +89,35 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
 - **Templates.** `default`: all tools, `readonly` mode. `auto`: all tools, `auto` mode.
   `reader`: read/search tools only. Without `sandbox`, `workDir` is the first
   `initialize.workspaceFolders` entry, else `<dataDir>/workspaces/<agentId>`.
-  A turn ends with `done {reason: "max_steps"}` after 50 model calls.
+  A turn ends with `done {reason: "max_steps"}` after the template's `maxSteps` (50 for
+  the built-ins) model calls.
+- **Templates from files** (section 15). `<config dir>/templates/*.toml` (`KODE_CONFIG_DIR`)
+  and `<folder>/.kode/templates/*.toml` for each `initialize.workspaceFolders` entry and
+  the `workDir` of the `agent/create` (a workDir's own templates serve that create only,
+  and are listed when it is a workspace folder); later ones win by `id` (built-in < user
+  < workspace folders in order < the workDir). Keys are the `AgentConfig` names,
+  camelCase or snake_case; an unknown key is ignored; a numeric `version` is turned into
+  a string; a missing `description` is `""`. What the template leaves out is the
+  `default` template's (prompt, tools, `readonly` mode, 50 steps) and the server's
+  default model. Template `mcpServers` are merged under the call's, by name. An agent
+  stores its template resolved (prompt, tools, permission, model, `maxSteps`, context,
+  MCP servers) at create; `agent/fork` copies it. Files are read afresh on every
+  `templates/list` and `agent/create`; the watch that sends `templates/changed` starts
+  after `initialize` and also notices directories that appear later (within ~0.5 s).
+- **Project instructions** are appended to the system prompt under a `# Project
+  instructions (AGENTS.md)` heading; the file is `stat`ed before every model call and
+  re-read when its mtime or size changed; an empty file adds nothing.
+- **`file_changed`** comes from a watcher of the workDir (watchfiles, `step` 50 ms,
+  `debounce` 100 ms) running while the agent is loaded (started on create/resume/load,
+  stopped on hibernate, delete and shutdown); the file tools' own reports are dropped
+  while it runs (without watchfiles they are sent, `by: "agent"`). A change counts as the
+  agent's when a tool call is executing when its window is reported or ended at most
+  300 ms before. Net change per window: a file there now is `added` when only creation
+  was seen, else `modified`; a file gone is `deleted` unless it was also created in the
+  window (then nothing). Directories are not reported. Ignored paths: any `.git`
+  component, and `git check-ignore` (when git is installed and the workDir is in a
+  repository; else the top-level `.gitignore`'s patterns, fnmatch, `!` lines ignored).
+  `path` uses `/`; the event carries the running turn's id, if any.
 - **Tool results** are `{ok, data?, error?, errorType?, retryable?}`. `errorType` values:
   `boundary`, `not_found`, `ambiguous`, `invalid_input`, `binary`, `timeout`,
   `exit_code`, `denied`, `interrupted`, `sealed`, `unknown_tool`, `tool_error`, `io`,
@@ -173,9 +201,24 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   `isError: true` is `tool_error`; a timeout is `timeout`. A result with images has
   `data` = the content as blocks (`text`, `image`), else the text joined by newlines.
   `agent/status` of an agent not in memory lists its servers as `closed`.
-- Not built yet: file watching (`file_changed` comes from the file tools themselves),
-  context compression (no `context_compression` events are emitted),
-  the PostgreSQL and JSON stores, `--http`. `initialize.capabilities.acp` is `true`: this build serves ACP
+- **Context compression** (section 13). The estimate's base is the previous call's
+  reported prompt (`inputTokens` plus cache tokens); a rewind since then falls back to
+  counting the whole prompt (system prompt, tool specs, context) at 4 characters a token.
+  The summary call gets the older messages as one plain-text transcript (no tools), the
+  todo list and the `instructions`; its `token_usage` is emitted and counted in the
+  agent's usage; its text is not streamed (it is in the `end` event). `ratio` compares
+  the prompt counted at 4 characters a token after and before. The summary is stored as
+  a `user` message (`kind: "summary"`, one text block headed `[Summary of the earlier
+  conversation, ...]`, with the todo list appended) and sent first in the context; which
+  messages it replaced is kept in the agent's runtime state (copied by `agent/fork`). A
+  later compression summarises the earlier summary too (it is then `compacted`); a
+  rewind to before a summary brings the messages it replaced back. Nothing to summarise
+  (only the kept suffix and the latest user message) gives `compressed: false` and no
+  events; a failed summary call gives an `error` event (`severity: "warn"`), `end` with
+  `compactedMessages: 0`, and the model call goes ahead with the whole context.
+  `agent/compact` waits for the running and queued turns (a turn sent meanwhile starts
+  after it) and answers after its events are stored.
+- Not built yet: the PostgreSQL and JSON stores, `--http`. `initialize.capabilities.acp` is `true`: this build serves ACP
   as its own mode (`kode-rpc acp`), not on the kode protocol's connection.
 
 ## ACP mode (`kode-rpc acp`): choices where section 10 is silent

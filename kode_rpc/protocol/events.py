@@ -202,6 +202,8 @@ class ContextCompression(WireModel):
     phase: Literal["start", "end"]
     summary: str | None = None
     ratio: float | None = None
+    compacted_messages: int | None = None
+    """Messages summarised away (`end` only; 0 when nothing was compressed)."""
 
 
 class AgentResumed(WireModel):

@@ -50,6 +50,7 @@ METHODS: dict[str, Method] = {
         _req("agent/todos", a.TodosParams, a.TodosResult, "Read, or set when `todos` is given, the agent's todos."),
         _req("agent/checkpoints", a.AgentRef, a.CheckpointsResult, "The agent's checkpoints, oldest first."),
         _req("agent/rewind", a.RewindParams, a.RewindResult, "Restore the workDir and/or the conversation to a checkpoint."),
+        _req("agent/compact", a.CompactParams, a.CompactResult, "Compress the agent's context now (after the running turn, if any)."),
         _req("agent/delete", a.AgentRef, a.DeleteResult, "Delete an agent and everything stored for it."),
         _req("pool/stats", s.Empty, s.PoolStats, "Agents in memory, working and hibernated."),
         _req("templates/list", s.Empty, s.TemplatesResult, "Agent templates known to the server."),
@@ -61,6 +62,7 @@ METHODS: dict[str, Method] = {
         Method("exit", "client->server", "notification", s.Empty, None, "Ends the process (0 after shutdown, 1 without)."),
         Method("$/cancelRequest", "client->server", "notification", s.CancelParams, None, "Cancel a request; it is answered with -32800."),
         Method("agent/event", "server->client", "notification", ev.EventEnvelope, None, "One stored event of a subscribed agent."),
+        Method("templates/changed", "server->client", "notification", s.TemplatesChanged, None, "A template file was added, changed or removed (params: the new `templates/list` result)."),
         Method("approval/request", "server->client", "request", ap.ApprovalRequest, ap.ApprovalResponse, "Ask the client to allow or deny a tool call."),
     ]
 }

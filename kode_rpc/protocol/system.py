@@ -91,6 +91,10 @@ class TemplatesResult(WireModel):
     errors: list[TemplateError] = Field(default_factory=list)
 
 
+class TemplatesChanged(TemplatesResult):
+    """Params of the `templates/changed` notification: the new `templates/list` result."""
+
+
 class DatabaseHealth(WireModel):
     connected: bool
     latency_ms: float

@@ -38,6 +38,7 @@ from ..providers.pricing import cost_usd
 from ..providers.registry import get_provider
 from ..providers.retry import RetryPolicy, stream_with_retry
 from ..sandbox.local import LocalSandbox
+from ..sandbox.watch import DirWatcher  # watchfiles itself loads on DirWatcher.start()
 from ..store.base import AgentRow, MessageRow, TurnRow
 from ..tools.bash import ShellRegistry
 from .approvals import Approvals
@@ -46,7 +47,9 @@ from .errors import Unavailable
 from .events import Envelope
 from .records import CallRun, PendingApproval, Services, StepOutput, Turn
 from .recovery import Recovery
+from .compression import AgentCompression
 from .rewind import AgentCheckpoints, rewound_of
+from .instructions import ProjectInstructions
 from .templates import TEMPLATES
 from .util import new_id, now_iso
 
@@ -61,7 +64,10 @@ class Agent(ToolCalls, Approvals, Recovery):
         self.id = row.agent_id
         self.row = row
         self.config = AgentConfig.model_validate(row.config)
+        # The template was resolved into the config at create (contract 15: an agent keeps
+        # the template it was created from); rows from before that fall back to the built-in.
         self.template = TEMPLATES.get(row.template_id, TEMPLATES["default"])
+        self.max_steps: int = int(row.config.get("maxSteps") or self.template.max_steps)
         self.messages = messages
         self.todos = todos
         runtime = row.runtime
@@ -69,6 +75,7 @@ class Agent(ToolCalls, Approvals, Recovery):
         self.usage = Usage.model_validate(runtime.get("usage", {}))
         self.remembered: set[str] = set(runtime.get("remembered", []))
         self.checkpoints = AgentCheckpoints(self, rewound_of(runtime))
+        self.compaction = AgentCompression(self, runtime)
         self.state = "READY"
         self.breakpoint = "READY"
         self.queue: deque[Turn] = deque()
@@ -79,7 +86,9 @@ class Agent(ToolCalls, Approvals, Recovery):
         self.decided: dict[str, dict[str, Any]] = {}
         self.runner: asyncio.Task[None] | None = None
         self._model_config: dict[str, Any] | None = None
-        self.executing = 0
+        self._executing_n = 0
+        self._idle_since = 0.0
+        self._idle_turn: str | None = None
         """Tool calls running right now (a call may run while a sibling waits on approval)."""
         self.pins = 0
         """Requests using this agent right now; a pinned agent is never hibernated."""
@@ -102,9 +111,35 @@ class Agent(ToolCalls, Approvals, Recovery):
         wanted = self.config.tools if self.config.tools is not None else self.template.tools
         self.tools = {n: t for n, t in svc.tools.items() if wanted == "*" or n in wanted}
         self.mcp = _mcp_hub(self)
+        self.instructions = ProjectInstructions(self.sandbox.work_dir)
+        """AGENTS.md / KODE.md of the workDir, appended to the system prompt (contract 15)."""
+        self.files = DirWatcher(self.sandbox.work_dir, self._files_changed)
+        """Reports changes under the workDir as `file_changed`; the pool starts and stops it."""
         """The agent's MCP servers (None without any); the pool starts and stops them."""
 
     # --- small helpers -----------------------------------------------------
+    @property
+    def executing(self) -> int:
+        """Tool calls running right now (a call may run while a sibling waits on approval)."""
+        return self._executing_n
+
+    @executing.setter
+    def executing(self, value: int) -> None:
+        if value <= 0 < self._executing_n:
+            self._idle_since = time.monotonic()
+            self._idle_turn = self.current.id if self.current is not None else None
+        self._executing_n = value
+
+    def _files_changed(self, changes: list[tuple[str, str]]) -> None:
+        """The watcher's net changes of one window. A change is the agent's when a tool
+        call ran at the time: one runs now, or one ended within the watcher's window."""
+        by = "agent" if self.executing > 0 or time.monotonic() - self._idle_since < _AGENT_WINDOW_S else "external"
+        turn_id = self.current.id if self.current is not None else None
+        if by == "agent" and self.executing == 0:
+            turn_id = self._idle_turn  # the turn whose tool call made it (it may have ended since)
+        for path, change in changes:
+            self.emit(ev.FileChanged(path=path, change=change, by=by), turn_id)  # type: ignore[arg-type]
+
     @property
     def busy(self) -> bool:
         """Not to be hibernated: work in memory, or a request holding it (`pins`)."""
@@ -148,6 +183,7 @@ class Agent(ToolCalls, Approvals, Recovery):
             "usage": self.usage.wire(),
             "remembered": sorted(self.remembered),
             "rewound": self.checkpoints.runtime(),
+            "compaction": self.compaction.runtime(),
         }
 
     def persist(self) -> asyncio.Future[None]:
@@ -168,7 +204,7 @@ class Agent(ToolCalls, Approvals, Recovery):
         if model is not None:
             self.config.model = ModelConfig.model_validate(model)
             self._model_config = None
-        self.row.config = self.config.wire()
+        self.row.config = {**self.row.config, **self.config.wire()}  # keeps resolved template extras (maxSteps)
         return self.svc.store.update_agent(self.id, config=self.row.config)
 
     async def set_todos(self, todos: list[dict[str, Any]], turn_id: str | None = None) -> list[dict[str, Any]]:
@@ -198,6 +234,10 @@ class Agent(ToolCalls, Approvals, Recovery):
 
     async def _run_queue(self) -> None:
         while self.queue and not self.stalled and not self.closing:
+            if self.compaction.lock.locked():  # an agent/compact runs: the turn starts after it
+                async with self.compaction.lock:
+                    pass
+                continue
             turn = self.queue.popleft()
             self.current = turn
             turn.task = asyncio.create_task(self._run_turn(turn), name=f"turn-{turn.id}")
@@ -227,7 +267,7 @@ class Agent(ToolCalls, Approvals, Recovery):
                     await self._tool_phase(turn, step, calls)
                     calls = None
                 step += 1
-                if step > self.template.max_steps:
+                if step > self.max_steps:
                     reason = "max_steps"
                     break
                 turn.row.step = step
@@ -301,11 +341,13 @@ class Agent(ToolCalls, Approvals, Recovery):
         tid = turn.id
         if self.mcp is not None:
             await self.mcp.ready()  # the model sees the tools of servers still starting
+        await self.compaction.before_model_call(turn)  # context compression (contract 13)
         config = self.model_config()
         provider = get_provider(config["provider"])
+        sent = len(self.messages)
         request = ModelRequest(
             system=self._system_prompt(),
-            messages=[{"role": m["role"], "content": m["content"]} for m in self.checkpoints.context(self.messages)],
+            messages=[{"role": m["role"], "content": m["content"]} for m in self.compaction.context(self.messages)],
             tools=[t.spec() for t in self.tools.values()],
             config=config,
             position=self.model_calls,
@@ -341,6 +383,7 @@ class Agent(ToolCalls, Approvals, Recovery):
                     out.calls.append(delta)
                 elif isinstance(delta, UsageReport):
                     out.usage = delta
+            self.compaction.observe(sent, out.usage)
         finally:
             self._close_block(open_kind, step, out, tid)
 
@@ -393,7 +436,7 @@ class Agent(ToolCalls, Approvals, Recovery):
 
     def _system_prompt(self) -> str:
         prompt = self.config.system_prompt or self.template.system_prompt
-        return prompt.replace("{workDir}", self.sandbox.work_dir)
+        return self.instructions.append_to(prompt.replace("{workDir}", self.sandbox.work_dir))
 
     # --- tools ---------------------------------------------------------------
     # --- interrupt, shutdown -----------------------------------------------
@@ -436,9 +479,15 @@ class Agent(ToolCalls, Approvals, Recovery):
         if self.runner is not None and not self.runner.done():
             self.runner.cancel()
         await self.shells.kill_all()
+        await self.files.stop()
         if self.mcp is not None:
             await self.mcp.close()
         await self.persist()
+
+
+_AGENT_WINDOW_S = 0.3
+"""How long after its last tool call ended a change still counts as the agent's: the
+watcher reports a change at most ~(debounce + step) = 150 ms after it happened."""
 
 
 def _mcp_hub(agent: Agent) -> Any:

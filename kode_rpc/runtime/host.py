@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from .. import secrets
-from ..config import Settings, load_settings
+from ..config import Settings, config_dir, load_settings
 from ..store.base import Store
 from ..tools.base import builtin_tools
 from .agent import Services
@@ -49,6 +49,7 @@ async def open_runtime(data_dir: str, max_agents: int | None = None) -> Runtime:
     svc = Services(store, events, builtin_tools(), settings)
     svc.checkpoint_dir = os.path.join(data_dir, "checkpoints")
     pool = AgentPool(svc, PoolSettings(data_dir, max_agents=max_agents or settings.max_agents,
-                                       default_model=settings.default_model))
+                                       default_model=settings.default_model,
+                                       templates_dir=os.path.join(config_dir(), "templates")))
     pool.start()
     return Runtime(settings, store, events, metrics, pool, RuntimeService(pool), data_dir)

@@ -26,7 +26,7 @@ from . import errors
 from .agent import Agent, Services
 from .errors import NotFound
 from .events import Envelope
-from .templates import TEMPLATES
+from .templates import TemplateRegistry
 from .util import new_id, now_iso
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class PoolSettings:
     lease_ttl_s: float = 30.0
     default_model: dict[str, Any] = field(default_factory=lambda: {"provider": "echo"})
     default_work_dir: str | None = None
+    templates_dir: str | None = None
+    """The user's templates (`<config dir>/templates`); None: built-ins and workspaces only."""
 
 
 class AgentPool:
@@ -53,20 +55,32 @@ class AgentPool:
         self._loading: dict[str, asyncio.Future[Agent]] = {}
         self._hibernating: dict[str, asyncio.Future[None]] = {}
         self._renewer: asyncio.Task[None] | None = None
+        self.templates = TemplateRegistry(settings.templates_dir)
 
     def start(self) -> None:
         self._renewer = asyncio.create_task(self._renew_leases(), name="lease-renewer")
 
     # --- configuration ---------------------------------------------------------
     def resolve_config(self, cfg: AgentConfig, agent_id: str) -> dict[str, Any]:
-        """The template's defaults under the call's fields; stored with the agent."""
-        template = TEMPLATES.get(cfg.template_id)
+        """The template's defaults under the call's fields; stored with the agent, resolved
+        (its prompt, tools, model, maxSteps, ...), so a later edit of the template file
+        changes only agents created afterwards. The workDir's own templates count."""
+        work_dir = cfg.sandbox.work_dir if cfg.sandbox is not None else self.settings.default_work_dir
+        template = self.templates.get(cfg.template_id, work_dir)
         if template is None:
             raise NotFound("template", cfg.template_id)
         out = cfg.model_copy(deep=True)
         out.agent_id = agent_id
         if out.model is None:
-            out.model = ModelConfig.model_validate(self.settings.default_model)
+            out.model = ModelConfig.model_validate(template.model or self.settings.default_model)
+        if out.system_prompt is None:
+            out.system_prompt = template.system_prompt
+        if template.context is not None and out.context is None:
+            out.context = AgentConfig.model_validate({"context": template.context}).context
+        if template.mcp_servers:  # the call's entries over the template's, by name
+            merged = {**template.mcp_servers,
+                      **{k: (v.wire() if v is not None else None) for k, v in (out.mcp_servers or {}).items()}}
+            out.mcp_servers = AgentConfig.model_validate({"mcpServers": merged}).mcp_servers
         if out.model.model is None and out.model.provider in ("echo", "scripted"):
             out.model.model = out.model.provider  # AgentInfo.model always names a model
         if out.permission is None:
@@ -77,7 +91,7 @@ class AgentPool:
             work_dir = self.settings.default_work_dir or os.path.join(self.settings.data_dir, "workspaces", agent_id)
             os.makedirs(work_dir, exist_ok=True)
             out.sandbox = SandboxConfig(work_dir=work_dir)
-        return out.wire()
+        return {**out.wire(), "maxSteps": template.max_steps, "templateVersion": template.version}
 
     # --- lifecycle ---------------------------------------------------------------
     async def create(self, cfg: AgentConfig, subscriber: Subscriber | None) -> Agent:
@@ -161,6 +175,7 @@ class AgentPool:
         self.hibernated.discard(row.agent_id)
         if agent.mcp is not None:
             agent.mcp.start()  # connects in the background; mcp_status events tell how it goes
+        agent.files.start()  # file_changed for every change under the workDir (contract 15)
         return agent
 
     async def _lease(self, agent_id: str) -> None:
@@ -187,6 +202,7 @@ class AgentPool:
         self._hibernating[agent.id] = done
         try:
             await agent.shells.kill_all()
+            await agent.files.stop()
             if agent.mcp is not None:
                 await agent.mcp.close()
             await agent.persist()
@@ -227,7 +243,8 @@ class AgentPool:
         now = now_iso()
         row = AgentRow(new_id_, source.template_id, now, now, "READY", 0, 0, config,
                        ({"modelCalls": source.runtime.get("modelCalls", 0)} if at_seq is None else {})
-                       | {"rewound": source.runtime.get("rewound") or []},  # the copy's context is the same
+                       | {"rewound": source.runtime.get("rewound") or [],  # the copy's context is the same
+                          "compaction": {"records": (source.runtime.get("compaction") or {}).get("records") or []}},
                        dict(source.metadata, forkedFrom=agent_id))
         try:
             await self.svc.store.fork_agent(agent_id, row, at_seq)

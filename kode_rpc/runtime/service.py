@@ -35,6 +35,7 @@ from .agent import Agent, Turn
 from .errors import InvalidInput, NotFound, RuntimeFault
 from .events import Envelope
 from .pool import AgentPool, idle_ms
+from . import compression as cz
 from . import rewind as rw
 
 log = logging.getLogger(__name__)
@@ -327,8 +328,11 @@ class RuntimeService:
         live = self.pool.agents.get(agent_id)
         row = None if live is not None else await self.store.get_agent(agent_id)
         ranges = live.checkpoints.rewound if live is not None else rw.rewound_of(row.runtime if row else {})
+        flags = live.compaction.flags() if live is not None else cz.flags_of(row.runtime if row else {}, ranges, total)
         return a.MessagesResult(messages=[a.Message(index=m.index, role=m.role, content=m.content, turn_id=m.turn_id,
                                                     created_at=m.created_at,
+                                                    kind="summary" if m.index in flags.summaries else None,
+                                                    compacted=flags.is_compacted(m.index) or None,
                                                     rewound=rw.is_rewound(ranges, m.index) or None) for m in rows],
                                 total=total)
 
@@ -388,6 +392,29 @@ class RuntimeService:
         """Restore the workDir and/or the conversation to a checkpoint (AgentBusy during a turn)."""
         async with self.using(p.agent_id, watcher) as agent:
             return await agent.checkpoints.rewind(p)
+
+    async def compact(self, p: a.CompactParams, watcher: Watcher | None) -> a.CompactResult:
+        """Compress the agent's context now; a running (or queued) turn finishes first."""
+        async with self.using(p.agent_id, watcher) as agent:
+            agent.pins += 1  # stays in memory while it waits outside the request lock
+        try:
+            while True:
+                waits = [t.done for t in (agent.current, agent.stalled, *agent.queue) if t is not None]
+                if waits:  # outside the lock: answering the turn's approvals needs it
+                    await asyncio.wait(waits)
+                async with self.using(p.agent_id, watcher) as live:
+                    if live is not agent:
+                        agent.pins -= 1
+                        agent = live
+                        agent.pins += 1
+                    if agent.current is not None or agent.stalled is not None:
+                        continue
+                    compressed, ratio, count = await agent.compaction.compact(p.instructions)
+                    self.events.flush()
+                    await self.store.barrier()  # the events and the summary are stored before the answer
+                    return a.CompactResult(compressed=compressed, ratio=ratio, compacted_messages=count)
+        finally:
+            agent.pins -= 1
 
     async def reconfigure(self, agent_id: str, watcher: Watcher | None, *, mode: str | None = None,
                           model: dict[str, Any] | None = None) -> a.AgentInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Literal
 
 from .. import secrets
@@ -67,6 +68,11 @@ class CallContext:
                              self._turn.id)
 
     def file_changed(self, path: str, change: Literal["added", "modified", "deleted"]) -> None:
+        if self._agent.files.active:
+            return  # the workDir's watcher reports it (by: "agent"), once (contract 15)
+        root = self.sandbox.work_dir
+        if path.startswith(root + os.sep):  # relative to the workDir, as the watcher reports
+            path = path[len(root) + 1:].replace(os.sep, "/")
         self._agent.emit(FileChanged(path=path, change=change), self._turn.id)
 
     def get_todos(self) -> list[dict[str, Any]]:

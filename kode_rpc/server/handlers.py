@@ -9,6 +9,7 @@ client's capabilities, and how its events and approval questions are written
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,7 +24,7 @@ from ..providers.registry import AVAILABLE
 from ..runtime.events import Envelope
 from ..runtime.metrics import Metrics
 from ..runtime.service import RuntimeService, content_of
-from ..runtime.templates import TEMPLATES
+from ..runtime.templates import TemplateRegistry
 from ..protocol.methods import METHODS
 from .dispatch import AfterResponse, RawResult
 from .rpc import Connection
@@ -47,6 +48,8 @@ class Session:
         self._shutdown = shutdown
         self.approvals = True
         self.process_id: int | None = None
+        self._templates_stop = asyncio.Event()
+        self._templates_watch: asyncio.Task[None] | None = None
         self.watcher = service.watcher(self._send_event, self._ask)
         for name, method in METHODS.items():
             if method.direction == "client->server" and method.kind == "request":
@@ -78,6 +81,10 @@ class Session:
         self.process_id = p.process_id
         if p.workspace_folders:
             self.pool.settings.default_work_dir = p.workspace_folders[0]
+        self.pool.templates.set_workspaces(p.workspace_folders or [])
+        if self._templates_watch is None:  # templates/changed; watchfiles loads in the task, after this answer
+            self._templates_watch = asyncio.create_task(
+                self.pool.templates.watch(self._templates_changed, self._templates_stop), name="templates-watch")
         from ..tools.base import builtin_tools
 
         return s.InitializeResult(
@@ -89,6 +96,7 @@ class Session:
 
     async def h_shutdown(self, p: s.Empty) -> None:
         self.conn.shutting_down = True
+        self._templates_stop.set()
         await self._shutdown()
 
     # --- agents ------------------------------------------------------------------------------
@@ -141,6 +149,9 @@ class Session:
     async def h_agent_rewind(self, p: a.RewindParams) -> a.RewindResult:
         return await self.service.rewind(p, self.watcher)
 
+    async def h_agent_compact(self, p: a.CompactParams) -> a.CompactResult:
+        return await self.service.compact(p, self.watcher)
+
     async def h_agent_delete(self, p: a.AgentRef) -> a.DeleteResult:
         return a.DeleteResult(deleted=await self.service.delete(p.agent_id, self.watcher))
 
@@ -149,8 +160,10 @@ class Session:
         return s.PoolStats.model_validate(self.pool.stats())
 
     async def h_templates_list(self, p: s.Empty) -> s.TemplatesResult:
-        return s.TemplatesResult(templates=[s.TemplateInfo(id=t.id, version=t.version, description=t.description)
-                                            for t in TEMPLATES.values()])
+        return templates_result(self.pool.templates)
+
+    def _templates_changed(self) -> None:
+        self.conn.notify("templates/changed", s.TemplatesChanged(**templates_result(self.pool.templates).model_dump()).wire())
 
     async def h_store_health(self, p: s.Empty) -> s.StoreHealth:
         return s.StoreHealth.model_validate(await self.store.health())
@@ -165,3 +178,12 @@ class Session:
         stored = (await self.store.metrics())["storage"]["totalAgents"]
         return s.PrometheusResult(content_type="text/plain; version=0.0.4",
                                   text=self.metrics.exposition(self.pool.stats(), stored))
+
+
+def templates_result(registry: TemplateRegistry) -> s.TemplatesResult:
+    """`templates/list`: the winner per id (built-ins, user dir, workspace folders), skipped files."""
+    templates, errors = registry.load()
+    return s.TemplatesResult(
+        templates=[s.TemplateInfo(id=t.id, version=t.version, description=t.description, source=t.source, path=t.path)
+                   for t in templates.values()],
+        errors=[s.TemplateError(path=e.path, message=e.message) for e in errors])

@@ -2,14 +2,13 @@
 
 Why this shape:
 
-* One dedicated writer thread owns the only write connection. Write methods are
-  plain methods called on the event loop thread: they snapshot their arguments
-  (JSON-encoding dicts right away, so later mutation by the caller cannot leak
-  into the row), enqueue a closure and return an `asyncio.Future` at once. The
-  writer drains everything queued, runs it in ONE `BEGIN IMMEDIATE` transaction
-  (group commit: one WAL commit for many writes) with a `SAVEPOINT`
-  per item, so a failing item rolls back only itself and fails only its own
-  future. Order of commits is call order.
+* The shared group-commit writer (`writer.py`) runs on a thread that owns the
+  only write connection. Write methods snapshot their arguments (JSON-encoding
+  dicts right away, so later mutation by the caller cannot leak into the row),
+  enqueue a closure and return an `asyncio.Future` at once. `_run_batch` runs
+  everything queued in ONE `BEGIN IMMEDIATE` transaction (group commit: one WAL
+  commit for many writes) with a `SAVEPOINT` per item, so a failing item rolls
+  back only itself and fails only its own future. Order of commits is call order.
 * Reads are coroutines on a two-thread pool, each thread with its own
   connection; WAL lets them run concurrently with the writer and see committed
   data only.
@@ -17,6 +16,7 @@ Why this shape:
   crash (also SIGKILL); only an OS crash/power loss may lose the last commits.
 * The schema is versioned with `PRAGMA user_version` and an ordered list of
   migrations; a database written by newer code is refused rather than damaged.
+* Leases are rows (pid, host, token, expiry); `lease.py` decides when one is free.
 """
 
 from __future__ import annotations
@@ -25,18 +25,16 @@ import asyncio
 import json
 import logging
 import os
-import queue
 import sqlite3
-import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from kode_rpc.store.base import (
+from .base import (
+    RECENT_EVENTS,
+    AgentDump,
     AgentExists,
     AgentRow,
     ApprovalRow,
@@ -44,83 +42,31 @@ from kode_rpc.store.base import (
     LeaseHeld,
     LeaseOwner,
     MessageRow,
-    Store,
+    SchemaTooNew,
     StoreError,
+    ToolAuditRow,
     ToolCallRow,
     TurnRow,
+    check_agent_fields,
 )
+from .common import WriterStore, dumps, health_model, metrics_model, prefix_upper_bound, utc_now_iso
+from .consistency import FINAL_TOOL_STATES, ConsistencyView
+from .lease import lease_is_free, pid_alive
+from .writer import KIND_DELETE, BatchCounters, GroupCommitWriter, Result, WriteItem
+
+if TYPE_CHECKING:
+    from typing import Unpack
+
+    from ..protocol.system import StoreHealth, StoreMetrics
+    from .base import AgentFields, AgentSnapshot
 
 __all__ = ["SQLiteStore", "pid_alive", "MIGRATIONS", "SCHEMA_VERSION", "FINAL_TOOL_STATES"]
 
 logger = logging.getLogger(__name__)
 
-FINAL_TOOL_STATES = frozenset({"COMPLETED", "FAILED", "DENIED", "SEALED"})
-"""Tool call states after which nothing more happens to the call."""
-
 _BUSY_TIMEOUT_MS = 10000
-
-
-def _dumps(value: Any) -> str:
-    """Compact JSON, non-ASCII kept as is (smaller rows, readable in the db)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-# --------------------------------------------------------------------------- pids
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host.
-
-    Used to take over a lease whose owner died without releasing it (same host
-    only: a pid means nothing on another machine). A pid we may not signal
-    still exists, so it counts as alive. Non-positive pids are never alive
-    (`os.kill(0, 0)` would address our own process group).
-    """
-    if pid <= 0:
-        return False
-    if sys.platform == "win32":
-        return _pid_alive_windows(pid)
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # a pid beyond pid_t exists nowhere
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def _pid_alive_windows(pid: int) -> bool:
-    """Windows has no signal 0: open the process and look at its exit code."""
-    import ctypes
-    from ctypes import wintypes
-
-    process_query_limited_information = 0x1000
-    still_active = 259
-    error_access_denied = 5
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
-    kernel32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
-    kernel32.OpenProcess.restype = wintypes.HANDLE
-    kernel32.GetExitCodeProcess.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
-    kernel32.GetExitCodeProcess.restype = wintypes.BOOL
-    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
-    kernel32.CloseHandle.restype = wintypes.BOOL
-    handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
-    if not handle:
-        # The process exists but belongs to someone we may not query.
-        return bool(ctypes.get_last_error() == error_access_denied)  # type: ignore[attr-defined]
-    try:
-        code = wintypes.DWORD()
-        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
-            return True
-        return code.value == still_active
-    finally:
-        kernel32.CloseHandle(handle)
+_dumps = dumps  # the old private name, for importers
+_utc_now_iso = utc_now_iso
 
 
 # ---------------------------------------------------------------------- schema
@@ -251,9 +197,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version > target:
-                raise StoreError(
-                    f"database schema version {version} is newer than this program supports ({target})"
-                )
+                raise SchemaTooNew(version, target)
             if version == target:
                 conn.execute("COMMIT")
                 return
@@ -283,7 +227,7 @@ _APPROVAL_COLUMNS = (
 )
 _TURN_COLUMNS = "agent_id, turn_id, message_index, status, created_at, step, reason, message_json"
 
-_UPDATE_FIELDS: dict[str, tuple[str, bool]] = {
+_UPDATE_FIELDS: dict[str, tuple[str, bool]] = {  # keys: base.AgentFields
     "state": ("state", False),
     "updated_at": ("updated_at", False),
     "last_seq": ("last_seq", False),
@@ -304,9 +248,9 @@ def _agent_params(row: AgentRow) -> tuple[Any, ...]:
         row.state,
         int(row.last_seq),
         int(row.message_count),
-        _dumps(row.config),
-        _dumps(row.runtime),
-        _dumps(row.metadata),
+        dumps(row.config),
+        dumps(row.runtime),
+        dumps(row.metadata),
     )
 
 
@@ -329,63 +273,14 @@ def _message_from(r: tuple[Any, ...]) -> MessageRow:
     return MessageRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5])
 
 
-def _prefix_upper_bound(prefix: str) -> str | None:
-    """The smallest string above every string starting with `prefix`, if simple to form.
-
-    Lets `list_agents` bound an index range scan instead of scanning to the end.
-    """
-    last = ord(prefix[-1])
-    if last >= 0x10FFFF or 0xD7FF <= last <= 0xDFFF:
-        return None
-    return prefix[:-1] + chr(last + 1)
+def _turn_from(r: tuple[Any, ...]) -> TurnRow:
+    return TurnRow(*r[:7], message=None if r[7] is None else json.loads(r[7]))
 
 
 # ------------------------------------------------------------------ the store
 
-_KIND_SAVE = "save"
-_KIND_DELETE = "delete"
-_KIND_BARRIER = "barrier"
-_KIND_STOP = "stop"
 
-
-@dataclass(slots=True)
-class _Item:
-    """One queued write: the closure runs on the writer thread inside a savepoint."""
-
-    fn: Callable[[sqlite3.Connection], Any] | None
-    fut: asyncio.Future[Any]
-    kind: str
-
-
-_Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
-
-
-class _Stats:
-    """Counters read by `metrics()`; updated from the writer and reader threads."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.saves = 0
-        self.loads = 0
-        self.queries = 0
-        self.deletes = 0
-        self.lat_count = 0
-        self.lat_sum = 0.0
-        self.lat_max = 0.0
-        self.lat_min = 0.0
-
-    def latency(self, ms: float) -> None:
-        """Record one latency sample; caller holds `lock`."""
-        if self.lat_count == 0:
-            self.lat_min = self.lat_max = ms
-        else:
-            self.lat_min = min(self.lat_min, ms)
-            self.lat_max = max(self.lat_max, ms)
-        self.lat_count += 1
-        self.lat_sum += ms
-
-
-class SQLiteStore(Store):
+class SQLiteStore(WriterStore):
     """The store on one SQLite file; see the module docstring for the design.
 
     Life cycle: `SQLiteStore(path)` does no I/O; `await open()` creates or
@@ -399,27 +294,22 @@ class SQLiteStore(Store):
     def __init__(self, path: str) -> None:
         if path == ":memory:" or path.startswith("file:"):
             raise ValueError("SQLiteStore needs a plain file path (several connections share it)")
+        super().__init__()
         self.path = os.path.abspath(path)
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self.display_url = "sqlite://" + self.path
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
-        self._stats = _Stats()
-        self._batch_seq: dict[str, int] = {}
-        self._batch_msgs: dict[str, int] = {}
+        self._counters = BatchCounters()
         """Counter raises of the batch being written (writer thread only)."""
-        self._opened = False
-        self._closing = False
-        self._close_fut: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ life cycle
 
     async def open(self) -> None:
         """Create/migrate the schema on the writer thread, then accept writes.
 
-        Raises StoreError when the file's schema is newer than this code.
+        Raises SchemaTooNew when the file's schema is newer than this code.
         Opening an open store does nothing.
         """
         if self._closing:
@@ -429,54 +319,27 @@ class SQLiteStore(Store):
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        thread = threading.Thread(
-            target=self._writer_main, args=(ready,), name="kode-store-writer", daemon=True
-        )
-        thread.start()
-        try:
-            await ready
-        except BaseException:
-            await asyncio.to_thread(thread.join)
-            raise
-        self._writer = thread
+        writer: GroupCommitWriter[sqlite3.Connection] = GroupCommitWriter(
+            "kode-store-writer", self._writer_connect, lambda conn, items: self._run_batch(conn, items),
+            self._writer_disconnect, self._closed_error, MAX_BATCH)
+        await writer.start()
+        self._writer = writer
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kode-store-read")
         self._opened = True
+        self.schema_version = SCHEMA_VERSION
         logger.debug("store opened at %s (schema version %d)", self.path, SCHEMA_VERSION)
 
-    async def close(self) -> None:
-        """Flush every queued write, stop the writer, close all connections.
-
-        Idempotent, and concurrent callers all wait for the same shutdown.
-        """
-        if self._close_fut is not None:
-            await asyncio.shield(self._close_fut)
-            return
-        loop = asyncio.get_running_loop()
-        self._close_fut = loop.create_future()
-        self._closing = True
-        try:
-            if self._writer is not None:
-                stopped: asyncio.Future[None] = loop.create_future()
-                self._queue.put(_Item(None, stopped, _KIND_STOP))
-                await stopped
-                await asyncio.to_thread(self._writer.join)
-                self._writer = None
-            if self._readers is not None:
-                readers, self._readers = self._readers, None
-                await asyncio.to_thread(readers.shutdown, True)
-            with self._read_conns_lock:
-                conns, self._read_conns = self._read_conns, []
-            for conn in conns:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    logger.warning("closing a read connection failed", exc_info=True)
-            self._opened = False
-            logger.debug("store closed")
-        finally:
-            self._close_fut.set_result(None)
+    async def _close_backend(self) -> None:
+        if self._readers is not None:
+            readers, self._readers = self._readers, None
+            await asyncio.to_thread(readers.shutdown, True)
+        with self._read_conns_lock:
+            conns, self._read_conns = self._read_conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                logger.warning("closing a read connection failed", exc_info=True)
 
     # ---------------------------------------------------------- connections
 
@@ -501,9 +364,8 @@ class SQLiteStore(Store):
 
     # --------------------------------------------------------------- writer
 
-    def _writer_main(self, ready: asyncio.Future[None]) -> None:
-        """Writer thread: open, migrate, then commit queued batches until told to stop."""
-        loop = ready.get_loop()
+    def _writer_connect(self) -> sqlite3.Connection:
+        """Writer thread: open, switch to WAL, migrate."""
         conn: sqlite3.Connection | None = None
         try:
             conn = self._connect()
@@ -513,59 +375,33 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA synchronous = NORMAL")
             _migrate(conn)
         except BaseException as exc:
-            if not isinstance(exc, StoreError):
-                exc = StoreError(f"cannot open store {self.path}: {exc}")
-            self._post(loop, [(ready, None, exc)])
             if conn is not None:
                 try:
                     conn.close()
                 except sqlite3.Error:
                     pass
-            return
-        self._post(loop, [(ready, None, None)])
-
-        stop: _Item | None = None
-        try:
-            while stop is None:
-                batch = [self._queue.get()]
-                # Capped, so a burst of streamed events is committed and delivered in
-                # steps instead of one long silence followed by everything at once.
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                for i, item in enumerate(batch):
-                    if item.kind == _KIND_STOP:
-                        stop = item
-                        late = batch[i + 1:]
-                        batch = batch[:i]
-                        for other in late:
-                            self._post_one(other.fut, None, StoreError("store is closed"))
-                        break
-                if batch:
-                    self._deliver(self._run_batch(conn, batch))
-        except BaseException:  # pragma: no cover - a bug in this module
-            logger.exception("store writer thread crashed")
+            if not isinstance(exc, StoreError):
+                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
             raise
-        finally:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                logger.warning("closing the write connection failed", exc_info=True)
-            if stop is not None:
-                self._post_one(stop.fut, None, None)
+        return conn
 
-    def _run_batch(self, conn: sqlite3.Connection, items: list[_Item]) -> list[_Result]:
+    @staticmethod
+    def _writer_disconnect(conn: sqlite3.Connection) -> None:
+        try:
+            conn.close()
+        except sqlite3.Error:
+            logger.warning("closing the write connection failed", exc_info=True)
+
+    def _run_batch(self, conn: sqlite3.Connection, items: list[WriteItem]) -> list[Result]:
         """Run `items` in one transaction, a savepoint each; return per-item outcomes.
 
         A failing item is rolled back to its savepoint and fails alone. A failure
         of the transaction itself (BEGIN/COMMIT, disk full, ...) fails them all.
         """
         t0 = time.perf_counter()
-        results: list[_Result] = []
-        self._batch_seq = {}
-        self._batch_msgs = {}
+        results: list[Result] = []
+        counters = self._counters
+        counters.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for item in items:
@@ -585,9 +421,9 @@ class SQLiteStore(Store):
             # Counters are raised once per agent per batch: an UPDATE rewrites the whole
             # agents row (config JSON included), far too costly once per streamed event.
             conn.executemany("UPDATE agents SET last_seq = ? WHERE agent_id = ? AND last_seq < ?",
-                             [(v, k, v) for k, v in self._batch_seq.items()])
+                             [(v, k, v) for k, v in counters.seq.items()])
             conn.executemany("UPDATE agents SET message_count = ? WHERE agent_id = ? AND message_count < ?",
-                             [(v, k, v) for k, v in self._batch_msgs.items()])
+                             [(v, k, v) for k, v in counters.msgs.items()])
             conn.execute("COMMIT")
         except Exception as exc:
             logger.error("store write batch of %d items failed: %s", len(items), exc)
@@ -597,49 +433,8 @@ class SQLiteStore(Store):
                 except sqlite3.Error:
                     logger.warning("rollback failed", exc_info=True)
             return [(item.fut, None, StoreError(f"write failed: {exc}")) for item in items]
-        ms = (time.perf_counter() - t0) * 1000.0
-        with self._stats.lock:
-            for item, (_, _, err) in zip(items, results):
-                if err is not None:
-                    continue
-                if item.kind == _KIND_SAVE:
-                    self._stats.saves += 1
-                elif item.kind == _KIND_DELETE:
-                    self._stats.deletes += 1
-            if any(item.kind != _KIND_BARRIER for item in items):
-                self._stats.latency(ms)
+        self._stats.batch(items, results, (time.perf_counter() - t0) * 1000.0)
         return results
-
-    @staticmethod
-    def _raise_counter(counters: dict[str, int], agent_id: str, value: int) -> None:
-        if value > counters.get(agent_id, 0):
-            counters[agent_id] = value
-
-    def _deliver(self, results: list[_Result]) -> None:
-        """Hand results to each future's loop, one wake-up per loop per batch, in order."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Result]] = {}
-        for result in results:
-            by_loop.setdefault(result[0].get_loop(), []).append(result)
-        for loop, part in by_loop.items():
-            self._post(loop, part)
-
-    def _post_one(self, fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-        self._post(fut.get_loop(), [(fut, value, exc)])
-
-    @staticmethod
-    def _post(loop: asyncio.AbstractEventLoop, results: list[_Result]) -> None:
-        try:
-            loop.call_soon_threadsafe(_resolve_all, results)
-        except RuntimeError:
-            logger.debug("event loop closed; dropped %d store results", len(results))
-
-    def _enqueue(self, fn: Callable[[sqlite3.Connection], Any], kind: str = _KIND_SAVE) -> asyncio.Future[Any]:
-        """Queue a write; must run on the event loop thread (it creates the future there)."""
-        if not self._opened or self._closing:
-            raise StoreError("store is closed" if self._closing else "store is not open")
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.put(_Item(fn, fut, kind))
-        return fut
 
     # --------------------------------------------------------------- writes
 
@@ -657,23 +452,21 @@ class SQLiteStore(Store):
             if cur.rowcount == 0:
                 raise AgentExists(agent_id)
 
-        return self._enqueue(op)
+        return self._enqueue(op, agent_id=agent_id)
 
-    def update_agent(self, agent_id: str, **fields: Any) -> asyncio.Future[None]:
+    def update_agent(self, agent_id: str, **fields: Unpack[AgentFields]) -> asyncio.Future[None]:
         """Update some agent columns; unknown keys raise ValueError right here.
 
         Updating an agent that does not exist (e.g. deleted meanwhile) is a
         no-op, so fire-and-forget updates racing a delete do not fail.
         """
-        unknown = sorted(set(fields) - set(_UPDATE_FIELDS))
-        if unknown:
-            raise ValueError(f"update_agent: unknown fields {unknown}")
+        check_agent_fields(dict(fields))
         sets: list[str] = []
         params: list[Any] = []
         for key, value in fields.items():
             column, encode = _UPDATE_FIELDS[key]
             sets.append(f"{column} = ?")
-            params.append(_dumps(value) if encode else value)
+            params.append(dumps(value) if encode else value)
         params.append(agent_id)
         sql = f"UPDATE agents SET {', '.join(sets)} WHERE agent_id = ?" if sets else None
 
@@ -681,7 +474,7 @@ class SQLiteStore(Store):
             if sql is not None and conn.execute(sql, params).rowcount == 0:
                 logger.debug("update_agent: no agent %s", agent_id)
 
-        return self._enqueue(op)
+        return self._enqueue(op, agent_id=agent_id)
 
     def delete_agent(self, agent_id: str) -> asyncio.Future[bool]:
         """Delete the agent and all its rows; resolves to whether the agent existed."""
@@ -692,7 +485,7 @@ class SQLiteStore(Store):
                 conn.execute(f"DELETE FROM {table} WHERE agent_id = ?", (agent_id,))
             return existed
 
-        return self._enqueue(op, _KIND_DELETE)
+        return self._enqueue(op, KIND_DELETE, agent_id)
 
     def append_events(self, rows: list[EventRow]) -> asyncio.Future[None]:
         """Insert events (a duplicate seq fails the future with StoreError).
@@ -709,16 +502,16 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", params)
             for aid, seq in highest.items():
-                self._raise_counter(self._batch_seq, aid, seq)
+                BatchCounters.raise_(self._counters.seq, aid, seq)
 
-        return self._enqueue(op)
+        return self._enqueue(op, agent_id=rows[0].agent_id if len(highest) == 1 else None)
 
     def append_message(self, row: MessageRow) -> asyncio.Future[None]:
         """Insert a message (a duplicate index fails with StoreError).
 
         Also raises `agents.message_count` to index + 1 (never lowers it).
         """
-        params = (row.agent_id, row.index, row.role, _dumps(row.content), row.turn_id, row.created_at)
+        params = (row.agent_id, row.index, row.role, dumps(row.content), row.turn_id, row.created_at)
         count = row.index + 1
         agent_id = row.agent_id
 
@@ -727,80 +520,47 @@ class SQLiteStore(Store):
                 "INSERT INTO messages (agent_id, idx, role, content_json, turn_id, created_at) VALUES (?,?,?,?,?,?)",
                 params,
             )
-            self._raise_counter(self._batch_msgs, agent_id, count)
+            BatchCounters.raise_(self._counters.msgs, agent_id, count)
 
-        return self._enqueue(op)
+        return self._enqueue(op, agent_id=agent_id)
 
     def put_tool_call(self, row: ToolCallRow, note: str | None = None) -> asyncio.Future[None]:
         """Upsert the call and append an audit row (ts = row.updated_at, or now when empty)."""
-        params = (
-            row.agent_id, row.call_id, row.turn_id, row.step, row.name, _dumps(row.input), row.state,
-            None if row.result is None else _dumps(row.result), row.error, row.started_at,
-            row.duration_ms, row.updated_at,
-        )
-        audit = (row.agent_id, row.call_id, row.updated_at or _utc_now_iso(), row.state, note)
+        params = _tool_params(row)
+        audit = (row.agent_id, row.call_id, row.updated_at or utc_now_iso(), row.state, note)
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"INSERT INTO tool_calls ({_TOOL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(agent_id, call_id) DO UPDATE SET turn_id = excluded.turn_id, "
-                "step = excluded.step, name = excluded.name, input_json = excluded.input_json, "
-                "state = excluded.state, result_json = excluded.result_json, error = excluded.error, "
-                "started_at = excluded.started_at, duration_ms = excluded.duration_ms, "
-                "updated_at = excluded.updated_at",
-                params,
-            )
+            conn.execute(_UPSERT_TOOL, params)
             conn.execute("INSERT INTO tool_audit (agent_id, call_id, ts, state, note) VALUES (?,?,?,?,?)", audit)
 
-        return self._enqueue(op)
+        return self._enqueue(op, agent_id=row.agent_id)
 
     def put_approval(self, row: ApprovalRow) -> asyncio.Future[None]:
         """Upsert by approval_id (creation order is kept for `load_approvals`)."""
-        params = (
-            row.agent_id, row.approval_id, row.call_id, row.turn_id, row.status, _dumps(row.request),
-            row.created_at, row.decided_by, row.note, row.decided_at,
-        )
+        params = _approval_params(row)
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(approval_id) DO UPDATE SET agent_id = excluded.agent_id, "
-                "call_id = excluded.call_id, turn_id = excluded.turn_id, status = excluded.status, "
-                "request_json = excluded.request_json, created_at = excluded.created_at, "
-                "decided_by = excluded.decided_by, note = excluded.note, decided_at = excluded.decided_at",
-                params,
-            )
+            conn.execute(_UPSERT_APPROVAL, params)
 
-        return self._enqueue(op)
+        return self._enqueue(op, agent_id=row.agent_id)
 
     def put_turn(self, row: TurnRow) -> asyncio.Future[None]:
         """Upsert by (agent_id, turn_id); an update keeps the turn's creation position."""
-        params = (row.agent_id, row.turn_id, row.message_index, row.status, row.created_at, row.step, row.reason,
-                  None if row.message is None else _dumps(row.message))
+        params = _turn_params(row)
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"INSERT INTO turns ({_TURN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(agent_id, turn_id) DO UPDATE SET message_index = excluded.message_index, "
-                "status = excluded.status, created_at = excluded.created_at, step = excluded.step, "
-                "reason = excluded.reason, message_json = excluded.message_json",
-                params,
-            )
+            conn.execute(_UPSERT_TURN, params)
 
-        return self._enqueue(op)
+        return self._enqueue(op, agent_id=row.agent_id)
 
     def set_todos(self, agent_id: str, todos: list[dict[str, Any]]) -> asyncio.Future[None]:
         """Replace the agent's todo list."""
-        params = (agent_id, _dumps(todos))
+        params = (agent_id, dumps(todos))
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO todos (agent_id, todos_json) VALUES (?, ?) "
-                "ON CONFLICT(agent_id) DO UPDATE SET todos_json = excluded.todos_json",
-                params,
-            )
+            conn.execute(_UPSERT_TODOS, params)
 
-        return self._enqueue(op)
+        return self._enqueue(op, agent_id=agent_id)
 
     def fork_agent(self, source_id: str, row: AgentRow, at_seq: int | None) -> asyncio.Future[None]:
         """Create `row` as a copy of `source_id` up to event `at_seq`, atomically.
@@ -850,13 +610,8 @@ class SQLiteStore(Store):
                     "WHERE agent_id = ? AND seq <= ? ORDER BY seq",
                     (source_id, at_seq),
                 ).fetchall()
-            copied = []
-            for seq, ts, channel, turn_id, type_, text in events:
-                envelope = json.loads(text)
-                if isinstance(envelope, dict):
-                    envelope["agentId"] = new_id
-                    text = _dumps(envelope)
-                copied.append((new_id, seq, ts, channel, turn_id, type_, text))
+            copied = [(new_id, seq, ts, channel, turn_id, type_, fork_envelope(text, new_id))
+                      for seq, ts, channel, turn_id, type_, text in events]
             conn.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", copied)
             last_seq = events[-1][0] if events else 0
 
@@ -865,13 +620,7 @@ class SQLiteStore(Store):
                 (source_id,),
             ).fetchall()
             if at_seq is not None:
-                cut_ts = events[-1][1] if events else None
-                kept = []
-                for expected, message in enumerate(messages):
-                    if cut_ts is None or message[0] != expected or message[4] > cut_ts:
-                        break
-                    kept.append(message)
-                messages = kept
+                messages = fork_messages(messages, events[-1][1] if events else None, lambda m: m[0], lambda m: m[4])
             conn.executemany(
                 "INSERT INTO messages (agent_id, idx, role, content_json, turn_id, created_at) VALUES (?,?,?,?,?,?)",
                 [(new_id, *m) for m in messages],
@@ -886,11 +635,39 @@ class SQLiteStore(Store):
                 (last_seq, len(messages), new_id),
             )
 
-        return self._enqueue(op)
+        return self._enqueue(op, agent_id=new_id)
 
-    def barrier(self) -> asyncio.Future[None]:
-        """A no-op write: resolves once everything queued before it is committed."""
-        return self._enqueue(lambda conn: None, _KIND_BARRIER)
+    def import_agent(self, dump: AgentDump) -> asyncio.Future[None]:
+        """Write the agent and all its rows as they are, in one savepoint; AgentExists when taken."""
+        agent_id = dump.row.agent_id
+        agent = _agent_params(dump.row)
+        events = [(r.agent_id, r.seq, r.ts, r.channel, r.turn_id, r.type, r.json) for r in dump.events]
+        messages = [(r.agent_id, r.index, r.role, dumps(r.content), r.turn_id, r.created_at) for r in dump.messages]
+        tools = [_tool_params(r) for r in dump.tool_calls]
+        audit = [(r.agent_id, r.call_id, r.ts, r.state, r.note) for r in dump.tool_audit]
+        approvals = [_approval_params(r) for r in dump.approvals]
+        turns = [_turn_params(r) for r in dump.turns]
+        todos = (agent_id, dumps(dump.todos))
+
+        def op(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(agent_id) DO NOTHING",
+                agent,
+            )
+            if cur.rowcount == 0:
+                raise AgentExists(agent_id)
+            conn.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", events)
+            conn.executemany(
+                "INSERT INTO messages (agent_id, idx, role, content_json, turn_id, created_at) VALUES (?,?,?,?,?,?)",
+                messages)
+            conn.executemany(_UPSERT_TOOL, tools)
+            conn.executemany("INSERT INTO tool_audit (agent_id, call_id, ts, state, note) VALUES (?,?,?,?,?)", audit)
+            conn.executemany(_UPSERT_APPROVAL, approvals)
+            conn.executemany(_UPSERT_TURN, turns)
+            if dump.todos:
+                conn.execute(_UPSERT_TODOS, todos)
+
+        return self._enqueue(op, agent_id=agent_id)
 
     # --------------------------------------------------------------- leases
 
@@ -898,9 +675,9 @@ class SQLiteStore(Store):
         """Take the lease, or fail with LeaseHeld(agent_id, pid, host) of the holder.
 
         Taken when free, expired, already ours (same token), or held by a dead
-        pid on our host. The check and the upsert share the writer's
-        `BEGIN IMMEDIATE` transaction, which holds SQLite's write lock, so two
-        processes cannot both win.
+        pid on our host (`lease.lease_is_free`). The check and the upsert share
+        the writer's `BEGIN IMMEDIATE` transaction, which holds SQLite's write
+        lock, so two processes cannot both win.
         """
         pid, host, token = owner.pid, owner.host, owner.token
 
@@ -911,12 +688,7 @@ class SQLiteStore(Store):
             ).fetchone()
             if held is not None:
                 h_pid, h_host, h_token, h_expires = held
-                free = (
-                    h_expires < now
-                    or h_token == token
-                    or (h_host == host and not pid_alive(int(h_pid)))
-                )
-                if not free:
+                if not lease_is_free(int(h_pid), h_host, h_token, h_expires, pid, host, token, now):
                     raise LeaseHeld(agent_id, int(h_pid), h_host)
                 if h_token != token:
                     logger.info("taking over lease of %s from pid %s on %s", agent_id, h_pid, h_host)
@@ -929,25 +701,27 @@ class SQLiteStore(Store):
 
         return self._enqueue(op)
 
-    def renew_leases(self, agent_ids: list[str], owner: LeaseOwner, ttl_s: float) -> asyncio.Future[None]:
+    def renew_leases(self, agent_ids: list[str], owner: LeaseOwner, ttl_s: float) -> asyncio.Future[list[str]]:
         """Extend the leases among `agent_ids` that are ours (by token); others are left alone.
 
         A lease lost meanwhile (expired and taken over) is not re-created; a
-        warning is logged.
+        warning is logged, and the future resolves to those ids.
         """
         ids = list(agent_ids)
         token = owner.token
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> list[str]:
             expires = time.time() + ttl_s
-            renewed = 0
+            lost: list[str] = []
             for agent_id in ids:
-                renewed += conn.execute(
+                if conn.execute(
                     "UPDATE leases SET expires_at = ? WHERE agent_id = ? AND token = ?",
                     (expires, agent_id, token),
-                ).rowcount
-            if renewed < len(ids):
-                logger.warning("renew_leases: %d of %d leases are no longer ours", len(ids) - renewed, len(ids))
+                ).rowcount == 0:
+                    lost.append(agent_id)
+            if lost:
+                logger.warning("renew_leases: %d of %d leases are no longer ours", len(lost), len(ids))
+            return lost
 
         return self._enqueue(op)
 
@@ -984,21 +758,71 @@ class SQLiteStore(Store):
                     conn.execute("COMMIT")
                 except sqlite3.Error:
                     logger.warning("ending a read transaction failed", exc_info=True)
-            if kind is not None:
-                ms = (time.perf_counter() - t0) * 1000.0
-                with self._stats.lock:
-                    if kind == "load":
-                        self._stats.loads += 1
-                    else:
-                        self._stats.queries += 1
-                    self._stats.latency(ms)
+            self._stats.read(kind, (time.perf_counter() - t0) * 1000.0)
 
     async def get_agent(self, agent_id: str) -> AgentRow | None:
         def fn(conn: sqlite3.Connection) -> AgentRow | None:
-            r = conn.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
-            return None if r is None else _agent_from(r)
+            return _get_agent(conn, agent_id)
 
         result: AgentRow | None = await self._read(fn, "load")
+        return result
+
+    async def load_agent_snapshot(self, agent_id: str) -> AgentSnapshot | None:
+        """Row, messages, todos, unfinished turns with their tool calls, pending approvals and
+        the last RECENT_EVENTS events, from one read transaction."""
+        from .base import AgentSnapshot
+
+        def fn(conn: sqlite3.Connection) -> AgentSnapshot | None:
+            row = _get_agent(conn, agent_id)
+            if row is None:
+                return None
+            messages = [_message_from(r) for r in conn.execute(
+                "SELECT agent_id, idx, role, content_json, turn_id, created_at FROM messages "
+                "WHERE agent_id = ? ORDER BY idx", (agent_id,))]
+            turns = [_turn_from(r) for r in conn.execute(
+                f"SELECT {_TURN_COLUMNS} FROM turns WHERE agent_id = ? AND status IN ('queued', 'running') "
+                "ORDER BY ord", (agent_id,))]
+            open_ids = {t.turn_id for t in turns}
+            calls = [_tool_from(r) for r in conn.execute(
+                f"SELECT {_TOOL_COLUMNS} FROM tool_calls WHERE agent_id = ? AND turn_id IN "
+                "(SELECT turn_id FROM turns WHERE agent_id = ? AND status IN ('queued', 'running')) ORDER BY rowid",
+                (agent_id, agent_id))] if open_ids else []
+            approvals = [_approval_from(r) for r in conn.execute(
+                f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent_id = ? AND status = 'pending' ORDER BY rowid",
+                (agent_id,))]
+            events = [EventRow(agent_id, *r) for r in conn.execute(
+                "SELECT seq, ts, channel, turn_id, type, json FROM events WHERE agent_id = ? AND seq > ? ORDER BY seq",
+                (agent_id, max(0, row.last_seq - RECENT_EVENTS)))]
+            return AgentSnapshot(row, messages, _todos(conn, agent_id), turns, calls, approvals, events)
+
+        result: AgentSnapshot | None = await self._read(fn, "load", snapshot=True)
+        return result
+
+    async def export_agent(self, agent_id: str) -> AgentDump | None:
+        def fn(conn: sqlite3.Connection) -> AgentDump | None:
+            row = _get_agent(conn, agent_id)
+            if row is None:
+                return None
+            q = (agent_id,)
+            return AgentDump(
+                row=row,
+                events=[EventRow(agent_id, *r) for r in conn.execute(
+                    "SELECT seq, ts, channel, turn_id, type, json FROM events WHERE agent_id = ? ORDER BY seq", q)],
+                messages=[_message_from(r) for r in conn.execute(
+                    "SELECT agent_id, idx, role, content_json, turn_id, created_at FROM messages "
+                    "WHERE agent_id = ? ORDER BY idx", q)],
+                tool_calls=[_tool_from(r) for r in conn.execute(
+                    f"SELECT {_TOOL_COLUMNS} FROM tool_calls WHERE agent_id = ? ORDER BY rowid", q)],
+                tool_audit=[ToolAuditRow(*r) for r in conn.execute(
+                    "SELECT agent_id, call_id, ts, state, note FROM tool_audit WHERE agent_id = ? ORDER BY id", q)],
+                approvals=[_approval_from(r) for r in conn.execute(
+                    f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent_id = ? ORDER BY rowid", q)],
+                turns=[_turn_from(r) for r in conn.execute(
+                    f"SELECT {_TURN_COLUMNS} FROM turns WHERE agent_id = ? ORDER BY ord", q)],
+                todos=_todos(conn, agent_id),
+            )
+
+        result: AgentDump | None = await self._read(fn, "load", snapshot=True)
         return result
 
     async def list_agents(
@@ -1015,7 +839,7 @@ class SQLiteStore(Store):
         if prefix:
             where.append("agent_id >= ? AND substr(agent_id, 1, ?) = ?")
             params += [prefix, len(prefix), prefix]
-            upper = _prefix_upper_bound(prefix)
+            upper = prefix_upper_bound(prefix)
             if upper is not None:
                 where.append("agent_id < ?")
                 params.append(upper)
@@ -1125,8 +949,7 @@ class SQLiteStore(Store):
         sql += " ORDER BY ord"
 
         def fn(conn: sqlite3.Connection) -> list[TurnRow]:
-            return [TurnRow(*r[:7], message=None if r[7] is None else json.loads(r[7]))
-                    for r in conn.execute(sql, params).fetchall()]
+            return [_turn_from(r) for r in conn.execute(sql, params).fetchall()]
 
         result: list[TurnRow] = await self._read(fn, "load")
         return result
@@ -1135,32 +958,33 @@ class SQLiteStore(Store):
         """The agent's todos, [] when none were set."""
 
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            r = conn.execute("SELECT todos_json FROM todos WHERE agent_id = ?", (agent_id,)).fetchone()
-            return [] if r is None else list(json.loads(r[0]))
+            return _todos(conn, agent_id)
 
         result: list[dict[str, Any]] = await self._read(fn, "load")
         return result
 
     # -------------------------------------------------------- observability
 
-    async def health(self) -> dict[str, Any]:
+    async def check_health(self) -> StoreHealth:
         """`SELECT 1` latency on a reader connection and a write test in the db's directory.
 
         Never raises for a sick database: that is what it reports. Not counted
-        in `metrics()`.
+        in the metrics.
         """
         directory = os.path.dirname(self.path) or "."
 
-        def probe() -> tuple[bool, float, bool]:
+        def probe() -> tuple[bool, float, bool, str | None]:
             connected = False
             latency_ms = 0.0
+            error = None
             try:
                 conn = self._reader_conn()
                 t0 = time.perf_counter()
                 conn.execute("SELECT 1").fetchone()
                 latency_ms = (time.perf_counter() - t0) * 1000.0
                 connected = True
-            except sqlite3.Error:
+            except sqlite3.Error as exc:
+                error = str(exc)
                 logger.warning("store health: database probe failed", exc_info=True)
             writable = False
             try:
@@ -1170,116 +994,43 @@ class SQLiteStore(Store):
                 writable = True
             except OSError:
                 logger.warning("store health: %s is not writable", directory, exc_info=True)
-            return connected, latency_ms, writable
+            return connected, latency_ms, writable, error
 
         if self._readers is None:
-            connected, latency_ms, writable = False, 0.0, os.access(directory, os.W_OK)
+            connected, latency_ms, writable, error = False, 0.0, os.access(directory, os.W_OK), "store is not open"
         else:
             loop = asyncio.get_running_loop()
-            connected, latency_ms, writable = await loop.run_in_executor(self._readers, probe)
-        return {
-            "healthy": connected and writable,
-            "database": {"connected": connected, "latencyMs": latency_ms},
-            "fileSystem": {"writable": writable},
-            "checkedAt": _utc_now_iso(),
-        }
+            connected, latency_ms, writable, error = await loop.run_in_executor(self._readers, probe)
+        return health_model(connected, latency_ms, writable, error)
 
-    async def consistency(self, agent_id: str) -> dict[str, Any]:
-        """Check one agent's rows against each other (one snapshot); `{consistent, issues}`.
+    async def consistency_view(self, agent_id: str) -> ConsistencyView | None:
+        """The rows the consistency rules need, from one read transaction (counted as a query)."""
 
-        Reported: missing agent; event seqs not 1..N; last_seq != max(seq);
-        message indices not 0..M-1; message_count != M; a tool_use without a
-        tool_result in a later message whose turn has ended or whose call was
-        lost (no tool-call record); a pending approval of a finished call.
-
-        A tool_use of a turn that has not ended is not an inconsistency: its
-        results are appended together when the step's last call ends, so a call
-        waiting on an approval (also one re-issued after a crash), a running
-        call, and a call already sealed or finished beside it all wait for that.
-        """
-
-        def fn(conn: sqlite3.Connection) -> list[str]:
-            issues: list[str] = []
+        def fn(conn: sqlite3.Connection) -> ConsistencyView | None:
             agent = conn.execute(
                 "SELECT last_seq, message_count FROM agents WHERE agent_id = ?", (agent_id,)
             ).fetchone()
             if agent is None:
-                return [f"agent {agent_id} not found"]
-            last_seq, message_count = agent
-
-            seqs = [r[0] for r in conn.execute("SELECT seq FROM events WHERE agent_id = ? ORDER BY seq", (agent_id,))]
-            gaps = [(i + 1, s) for i, s in enumerate(seqs) if s != i + 1]
-            if gaps:
-                expected, found = gaps[0]
-                issues.append(
-                    f"event seqs are not 1..{len(seqs)}: expected {expected}, found {found}"
-                    + (f" ({len(gaps)} misplaced)" if len(gaps) > 1 else "")
-                )
-            max_seq = seqs[-1] if seqs else 0
-            if last_seq != max_seq:
-                issues.append(f"agents.last_seq is {last_seq} but the highest event seq is {max_seq}")
-
-            rows = conn.execute(
-                "SELECT idx, role, content_json, turn_id FROM messages WHERE agent_id = ? ORDER BY idx", (agent_id,)
-            ).fetchall()
-            messages = [r[:3] for r in rows]
-            turn_ids = [r[3] for r in rows]
-            bad = [(i, m[0]) for i, m in enumerate(messages) if m[0] != i]
-            if bad:
-                expected, found = bad[0]
-                issues.append(f"message indices are not 0..{len(messages) - 1}: expected {expected}, found {found}")
-            if message_count != len(messages):
-                issues.append(f"agents.message_count is {message_count} but {len(messages)} messages are stored")
-
-            states = dict(
-                conn.execute("SELECT call_id, state FROM tool_calls WHERE agent_id = ?", (agent_id,)).fetchall()
+                return None
+            q = (agent_id,)
+            return ConsistencyView(
+                last_seq=agent[0],
+                message_count=agent[1],
+                seqs=[r[0] for r in conn.execute("SELECT seq FROM events WHERE agent_id = ? ORDER BY seq", q)],
+                messages=[(r[0], r[1], r[2], r[3]) for r in conn.execute(
+                    "SELECT idx, role, content_json, turn_id FROM messages WHERE agent_id = ? ORDER BY idx", q)],
+                tool_states=dict(conn.execute("SELECT call_id, state FROM tool_calls WHERE agent_id = ?", q).fetchall()),
+                open_turns={r[0] for r in conn.execute(
+                    "SELECT turn_id FROM turns WHERE agent_id = ? AND status IN ('running', 'queued')", q)},
+                pending_approvals=[(r[0], r[1]) for r in conn.execute(
+                    "SELECT approval_id, call_id FROM approvals WHERE agent_id = ? AND status = 'pending' "
+                    "ORDER BY rowid", q)],
             )
-            uses: list[tuple[str, int]] = []
-            results: dict[str, int] = {}
-            open_turns = {r[0] for r in conn.execute(
-                "SELECT turn_id FROM turns WHERE agent_id = ? AND status IN ('running', 'queued')", (agent_id,))}
-            for idx, role, content_json in messages:
-                try:
-                    content = json.loads(content_json)
-                except ValueError:
-                    issues.append(f"message {idx} content is not valid JSON")
-                    continue
-                if not isinstance(content, list):
-                    continue
-                for block in content:
-                    if not isinstance(block, dict):
-                        continue
-                    kind = block.get("type")
-                    if kind == "tool_use" and role == "assistant":
-                        uses.append((str(block.get("id")), idx))
-                    elif kind == "tool_result":
-                        use_id = block.get("toolUseId", block.get("tool_use_id"))
-                        if use_id is not None:
-                            results[str(use_id)] = max(results.get(str(use_id), -1), idx)
-            message_turn = {m[0]: t for m, t in zip(messages, turn_ids)}
-            for use_id, idx in uses:
-                if results.get(use_id, -1) > idx:
-                    continue
-                state = states.get(use_id)
-                if state is not None and (state not in FINAL_TOOL_STATES or message_turn.get(idx) in open_turns):
-                    continue  # still running or waiting, or its turn has not ended: results come with the step
-                why = "its call was lost (no tool-call record)" if state is None else f"its call is {state}"
-                issues.append(f"tool_use {use_id} in message {idx} has no tool_result ({why})")
 
-            for approval_id, call_id, state in conn.execute(
-                "SELECT a.approval_id, a.call_id, t.state FROM approvals a LEFT JOIN tool_calls t "
-                "ON t.agent_id = a.agent_id AND t.call_id = a.call_id "
-                "WHERE a.agent_id = ? AND a.status = 'pending' ORDER BY a.rowid",
-                (agent_id,),
-            ):
-                if state in FINAL_TOOL_STATES:
-                    issues.append(f"approval {approval_id} is pending but tool call {call_id} is {state}")
-            return issues
+        result: ConsistencyView | None = await self._read(fn, "query", snapshot=True)
+        return result
 
-        issues: list[str] = await self._read(fn, "query", snapshot=True)
-        return {"consistent": not issues, "issues": issues}
-
-    async def metrics(self) -> dict[str, Any]:
+    async def collect_metrics(self) -> StoreMetrics:
         """Counters since open, latency over write batches and counted reads, storage totals.
 
         saves = write items committed (barriers and deletes excluded), loads =
@@ -1295,20 +1046,86 @@ class SQLiteStore(Store):
             return int(agents), int(messages), int(pages) * int(page_size)
 
         total_agents, total_messages, size = await self._read(fn, None, snapshot=True)
-        s = self._stats
-        with s.lock:
-            operations = {"saves": s.saves, "loads": s.loads, "queries": s.queries, "deletes": s.deletes}
-            performance = {
-                "avgLatencyMs": s.lat_sum / s.lat_count if s.lat_count else 0.0,
-                "maxLatencyMs": s.lat_max if s.lat_count else 0.0,
-                "minLatencyMs": s.lat_min if s.lat_count else 0.0,
-            }
-        return {
-            "operations": operations,
-            "performance": performance,
-            "storage": {"totalAgents": total_agents, "totalMessages": total_messages, "dbSizeBytes": size},
-            "collectedAt": _utc_now_iso(),
-        }
+        return metrics_model(self._stats, total_agents, total_messages, size)
+
+
+# ------------------------------------------------------------------ helpers
+
+_UPSERT_TOOL = (
+    f"INSERT INTO tool_calls ({_TOOL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(agent_id, call_id) DO UPDATE SET turn_id = excluded.turn_id, "
+    "step = excluded.step, name = excluded.name, input_json = excluded.input_json, "
+    "state = excluded.state, result_json = excluded.result_json, error = excluded.error, "
+    "started_at = excluded.started_at, duration_ms = excluded.duration_ms, "
+    "updated_at = excluded.updated_at"
+)
+_UPSERT_APPROVAL = (
+    f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(approval_id) DO UPDATE SET agent_id = excluded.agent_id, "
+    "call_id = excluded.call_id, turn_id = excluded.turn_id, status = excluded.status, "
+    "request_json = excluded.request_json, created_at = excluded.created_at, "
+    "decided_by = excluded.decided_by, note = excluded.note, decided_at = excluded.decided_at"
+)
+_UPSERT_TURN = (
+    f"INSERT INTO turns ({_TURN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(agent_id, turn_id) DO UPDATE SET message_index = excluded.message_index, "
+    "status = excluded.status, created_at = excluded.created_at, step = excluded.step, "
+    "reason = excluded.reason, message_json = excluded.message_json"
+)
+_UPSERT_TODOS = (
+    "INSERT INTO todos (agent_id, todos_json) VALUES (?, ?) "
+    "ON CONFLICT(agent_id) DO UPDATE SET todos_json = excluded.todos_json"
+)
+
+
+def _tool_params(row: ToolCallRow) -> tuple[Any, ...]:
+    return (
+        row.agent_id, row.call_id, row.turn_id, row.step, row.name, dumps(row.input), row.state,
+        None if row.result is None else dumps(row.result), row.error, row.started_at,
+        row.duration_ms, row.updated_at,
+    )
+
+
+def _approval_params(row: ApprovalRow) -> tuple[Any, ...]:
+    return (
+        row.agent_id, row.approval_id, row.call_id, row.turn_id, row.status, dumps(row.request),
+        row.created_at, row.decided_by, row.note, row.decided_at,
+    )
+
+
+def _turn_params(row: TurnRow) -> tuple[Any, ...]:
+    return (row.agent_id, row.turn_id, row.message_index, row.status, row.created_at, row.step, row.reason,
+            None if row.message is None else dumps(row.message))
+
+
+def _get_agent(conn: sqlite3.Connection, agent_id: str) -> AgentRow | None:
+    r = conn.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+    return None if r is None else _agent_from(r)
+
+
+def _todos(conn: sqlite3.Connection, agent_id: str) -> list[dict[str, Any]]:
+    r = conn.execute("SELECT todos_json FROM todos WHERE agent_id = ?", (agent_id,)).fetchone()
+    return [] if r is None else list(json.loads(r[0]))
+
+
+def fork_envelope(text: str, new_id: str) -> str:
+    """An event envelope with its `agentId` rewritten for a fork (other keys as they were)."""
+    envelope = json.loads(text)
+    if isinstance(envelope, dict):
+        envelope["agentId"] = new_id
+        return dumps(envelope)
+    return text
+
+
+def fork_messages(messages: list[Any], cut_ts: str | None, index: Callable[[Any], int],
+                  created: Callable[[Any], str]) -> list[Any]:
+    """The leading messages (0, 1, ... up to the first gap) created at or before `cut_ts`."""
+    kept = []
+    for expected, message in enumerate(messages):
+        if cut_ts is None or index(message) != expected or created(message) > cut_ts:
+            break
+        kept.append(message)
+    return kept
 
 
 def _wrap_error(exc: Exception) -> Exception:
@@ -1318,14 +1135,3 @@ def _wrap_error(exc: Exception) -> Exception:
         wrapped.__cause__ = exc
         return wrapped
     return exc
-
-
-def _resolve_all(results: list[_Result]) -> None:
-    """Runs on the event loop: settle futures in order, skipping cancelled ones."""
-    for fut, value, exc in results:
-        if fut.done():
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(value)

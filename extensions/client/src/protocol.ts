@@ -29,6 +29,7 @@ export interface AgentConfig {
     [k: string]: McpStdioServer | McpRemoteServer | null;
   } | null;
   checkpoints?: boolean;
+  context?: ContextConfig | null;
 }
 
 export interface ModelConfig {
@@ -132,6 +133,15 @@ export interface McpRemoteServer {
   } | null;
   timeoutMs?: number | null;
   startupTimeoutMs?: number | null;
+}
+
+/**
+ * Context compression (contract 13).
+ */
+export interface ContextConfig {
+  maxTokens?: number | null;
+  compressAt?: number | null;
+  keepRecentTokens?: number | null;
 }
 
 export interface AgentInfo {
@@ -350,6 +360,17 @@ export interface ClientInfo {
   version?: string | null;
 }
 
+export interface CompactParams {
+  agentId: string;
+  instructions?: string | null;
+}
+
+export interface CompactResult {
+  compressed: boolean;
+  ratio?: number | null;
+  compactedMessages: number;
+}
+
 export interface CompleteResult {
   status: "ok" | "paused" | "interrupted" | "error";
   text: string;
@@ -382,6 +403,7 @@ export interface ContextCompression {
   phase: "start" | "end";
   summary?: string | null;
   ratio?: number | null;
+  compactedMessages?: number | null;
 }
 
 export interface DatabaseHealth {
@@ -710,6 +732,8 @@ export interface Message {
   )[];
   turnId?: string | null;
   createdAt: string;
+  kind?: "summary" | null;
+  compacted?: boolean | null;
   rewound?: boolean | null;
 }
 
@@ -883,6 +907,14 @@ export interface TemplateInfo {
   path?: string | null;
 }
 
+/**
+ * Params of the `templates/changed` notification: the new `templates/list` result.
+ */
+export interface TemplatesChanged {
+  templates: TemplateInfo[];
+  errors?: TemplateError[];
+}
+
 export interface TemplatesResult {
   templates: TemplateInfo[];
   errors?: TemplateError[];
@@ -1014,6 +1046,13 @@ export interface Methods {
     direction: "client->server";
     kind: "request";
   };
+  /** Compress the agent's context now (after the running turn, if any). */
+  "agent/compact": {
+    params: CompactParams;
+    result: CompactResult;
+    direction: "client->server";
+    kind: "request";
+  };
   /** Delete an agent and everything stored for it. */
   "agent/delete": {
     params: AgentRef;
@@ -1091,6 +1130,13 @@ export interface Methods {
     direction: "server->client";
     kind: "notification";
   };
+  /** A template file was added, changed or removed (params: the new `templates/list` result). */
+  "templates/changed": {
+    params: TemplatesChanged;
+    result: null;
+    direction: "server->client";
+    kind: "notification";
+  };
   /** Ask the client to allow or deny a tool call. */
   "approval/request": {
     params: ApprovalRequest;
@@ -1138,6 +1184,7 @@ export const METHODS = {
   "agent/todos": { direction: "client->server", kind: "request" },
   "agent/checkpoints": { direction: "client->server", kind: "request" },
   "agent/rewind": { direction: "client->server", kind: "request" },
+  "agent/compact": { direction: "client->server", kind: "request" },
   "agent/delete": { direction: "client->server", kind: "request" },
   "pool/stats": { direction: "client->server", kind: "request" },
   "templates/list": { direction: "client->server", kind: "request" },
@@ -1149,6 +1196,7 @@ export const METHODS = {
   "exit": { direction: "client->server", kind: "notification" },
   "$/cancelRequest": { direction: "client->server", kind: "notification" },
   "agent/event": { direction: "server->client", kind: "notification" },
+  "templates/changed": { direction: "server->client", kind: "notification" },
   "approval/request": { direction: "server->client", kind: "request" },
 } as const satisfies {
   [K in MethodName]: { direction: Methods[K]["direction"]; kind: Methods[K]["kind"] };

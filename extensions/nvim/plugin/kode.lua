@@ -27,6 +27,10 @@ cmd("KodeInterrupt", function()
   kode().interrupt()
 end, { desc = "Interrupt the kode agent's running turn" })
 
+cmd("KodeCompact", function(opts)
+  kode().compact(opts.args)
+end, { nargs = "*", desc = "Compress the kode agent's context now (optional focus instructions)" })
+
 cmd("KodeAgents", function()
   kode().pick_agent()
 end, { desc = "Pick a stored kode agent and resume it" })

@@ -312,6 +312,17 @@ local function main()
   log(buf_text(allow_buf))
   log(buf_text(deny_buf))
 
+  -- 6b. kode.compact (:KodeCompact) answers; two short exchanges stay as they are.
+  log("step: compact")
+  local compacted
+  kode.compact("the replies", q_id, function(err, res)
+    compacted = err or res
+  end)
+  wait(10000, function()
+    return compacted ~= nil
+  end, "agent/compact answered")
+  check(compacted.compressed == false and compacted.compactedMessages == 0, "compact: nothing to summarise yet")
+
   -- 7. :KodeInterrupt stops a slow turn; done reason shown.
   log("step: :KodeInterrupt")
   local slow_id, slow_buf = file_agent({ { delayMs = 30000, text = "too late" } })

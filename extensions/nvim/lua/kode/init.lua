@@ -414,6 +414,32 @@ function M.interrupt(agent_id, cb)
   M.request("agent/interrupt", { agentId = agent_id }, cb)
 end
 
+--- :KodeCompact [instructions]: summarise the older part of the agent's context now
+--- (after its running turn, if any). cb(err, CompactResult)
+function M.compact(instructions, agent_id, cb)
+  agent_id = agent_id or chat.agent_of_buf(vim.api.nvim_get_current_buf()) or M.current
+  cb = cb
+    or function(err, res)
+      if err then
+        return notify("agent/compact: " .. rpc.format_error(err), vim.log.levels.ERROR)
+      end
+      if res.compressed then
+        notify(string.format("compacted %d messages (prompt now ~%d%% of before)", res.compactedMessages,
+          math.floor((res.ratio or 1) * 100 + 0.5)))
+      else
+        notify("nothing to compact yet")
+      end
+    end
+  if not agent_id then
+    return cb({ message = "no agent" })
+  end
+  local params = { agentId = agent_id }
+  if instructions and instructions ~= "" then
+    params.instructions = instructions
+  end
+  M.request("agent/compact", params, cb)
+end
+
 --- Resume an agent: replay its whole history into its chat buffer and make it
 --- current. cb(err, ResumeResult)
 function M.resume(agent_id, cb)
