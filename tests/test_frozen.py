@@ -361,3 +361,62 @@ def test_chat_spawns_its_own_frozen_server(frozen_binary: Path, frozen_env: dict
                      "binary does not understand; it needs `[sys.executable, 'serve']` when sys.frozen")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "hello frozen" in res.stdout.splitlines()
+
+
+MCP_SERVER = str(Path(__file__).with_name("mcp_server.py"))
+
+
+def _mcp_statuses(c: RpcClient, agent_id: str, server: str) -> list[dict[str, Any]]:
+    return [e["event"] for e in c.events_of(agent_id, "mcp_status") if e["event"]["server"] == server]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the test MCP server is started with the venv's python")
+async def test_mcp_stdio_server_works_frozen(spawn: Spawn, home: Path, tmp_path: Path) -> None:
+    """The bundle carries `mcp`: an agent's stdio MCP server (the FastMCP test server, run by the
+    venv's python) connects, lists its tools, and a scripted turn calls one of them."""
+    work = home / "mcp project"
+    work.mkdir()
+    c = await spawn()
+    model = {"provider": "scripted", "script": [
+        {"toolCalls": [{"name": "mcp__fz__echo", "input": {"text": "from frozen"}}]}, {"text": "echoed"}]}
+    await c.request("agent/create", {"agentId": "mcp", "model": model, "sandbox": {"workDir": str(work)},
+                                     "permission": {"mode": "auto"},
+                                     "mcpServers": {"fz": {"command": sys.executable, "args": [MCP_SERVER]}}})
+
+    def settled() -> dict[str, Any] | None:
+        return next((s for s in _mcp_statuses(c, "mcp", "fz")[::-1] if s["status"] in ("ready", "failed")), None)
+
+    status = await c.wait_for(settled, RUN_TIMEOUT)
+    assert status["status"] == "ready", f"{status}\n{stderr_of(tmp_path)}"
+    assert "mcp__fz__echo" in status["tools"], status
+    res = await c.request("agent/complete", {"agentId": "mcp", "text": "echo it"}, timeout=RUN_TIMEOUT)
+    assert res["status"] == "ok" and res["text"] == "echoed", res
+    call = next(e["event"]["call"] for e in c.events_of("mcp", "tool:end")
+                if e["event"]["call"]["name"] == "mcp__fz__echo")
+    assert call["state"] == "COMPLETED" and call["result"] == {"ok": True, "data": "echo: from frozen"}, call
+    assert await c.close() == 0 and c.stray == b""
+
+
+async def test_watchfiles_reports_external_changes_frozen(spawn: Spawn, home: Path) -> None:
+    """The bundle carries `watchfiles` (its Rust extension): a file written from outside the
+    agent's workDir shows up as `file_changed` with `by: "external"`."""
+    work = home / "watched dir"
+    work.mkdir()
+    c = await spawn()
+    await c.request("agent/create", {"agentId": "watch", "model": {"provider": "echo"},
+                                     "sandbox": {"workDir": str(work)}})
+    await asyncio.sleep(0.3)  # the watcher starts when the agent is loaded
+
+    def seen() -> dict[str, Any] | None:
+        return next((e["event"] for e in c.events_of("watch", "file_changed")
+                     if e["event"]["path"] == "outside.txt"), None)
+
+    (work / "outside.txt").write_text("written by the test\n", encoding="utf-8")
+    try:
+        got = await c.wait_for(seen, 10)
+    except TimeoutError:
+        # a write that raced the watcher's start: write once more
+        (work / "outside.txt").write_text("written again\n", encoding="utf-8")
+        got = await c.wait_for(seen, 10)
+    assert got["by"] == "external" and got["change"] in ("added", "modified"), got
+    assert await c.close() == 0 and c.stray == b""

@@ -39,6 +39,25 @@ cmd("KodeNew", function()
   kode().new_chat()
 end, { desc = "Create a new kode agent and open its chat" })
 
+cmd("KodeDiff", function(opts)
+  kode().diff(opts.args ~= "" and vim.trim(opts.args) or nil)
+end, { nargs = "?", desc = "Show the last turn's diff (or checkpoint cp_N's) in a scratch buffer" })
+
+cmd("KodeRewind", function(opts)
+  local cp, restore
+  for _, w in ipairs(vim.split(opts.args, "%s+")) do
+    if w:match("^cp_") then
+      cp = w
+    elseif w == "code" or w == "conversation" or w == "both" then
+      restore = w
+    elseif w ~= "" then
+      vim.notify("kode: :KodeRewind [cp_N] [code|conversation|both]", vim.log.levels.ERROR)
+      return
+    end
+  end
+  kode().rewind(cp, restore)
+end, { nargs = "*", desc = "Rewind files and/or conversation to before a checkpoint's turn (asks first)" })
+
 cmd("KodeStop", function()
   kode().stop()
 end, { desc = "Shut the kode-rpc server down" })

@@ -500,6 +500,151 @@ local function main()
   local nf = errors.is(gerr, "NotFound") and errors.name(gerr.code) == "NotFound"
   check(nf, "unknown agent: JSON-RPC error -32002 (errors.codes.NotFound)" .. (nf and "" or ": " .. vim.inspect(gerr)))
 
+  -- 11. Checkpoints: :KodeDiff shows the turn's diff, :KodeRewind undoes the file write.
+  log("step: :KodeDiff + :KodeRewind")
+  check(vim.fn.exists(":KodeDiff") == 2 and vim.fn.exists(":KodeRewind") == 2, ":KodeDiff and :KodeRewind defined")
+  local cp_id, cp_buf
+  kode.new_agent({
+    model = { provider = "scripted", script = {
+      { toolCalls = { { name = "fs_write", input = { path = "rewind_me.txt", content = "REWIND ME\n" } } } },
+      { text = "wrote rewind_me.txt" },
+    } },
+    permission = { mode = "auto" },
+  }, function(err, ag)
+    if err then
+      error("agent/create failed: " .. vim.inspect(err))
+    end
+    cp_id = ag.agentId
+  end)
+  wait(10000, function()
+    return cp_id ~= nil and kode._chat.get(cp_id) ~= nil
+  end, "agent/create (auto)")
+  cp_buf = kode._chat.get(cp_id).buf
+  kode.send("write a file", cp_id)
+  wait(20000, function()
+    return done_count(cp_id) >= 1
+  end, "done of the file-writing turn")
+  check(read_file(work .. "/rewind_me.txt") == "REWIND ME\n", "the turn wrote rewind_me.txt")
+  local turn_diff
+  wait(5000, function()
+    for _, e in ipairs(events) do
+      if e.agentId == cp_id and e.event.type == "turn_diff" then
+        turn_diff = e.event
+      end
+    end
+    return turn_diff ~= nil
+  end, "turn_diff event")
+  local checkpoint = turn_diff.checkpointId
+  check(type(checkpoint) == "string" and checkpoint:match("^cp_") ~= nil, "turn_diff names its checkpoint " .. tostring(checkpoint))
+  wait(5000, function()
+    return buf_text(cp_buf):find("[diff] " .. checkpoint, 1, true) ~= nil
+  end, "[diff] line in the chat buffer")
+
+  local function diff_buf_of(cp)
+    local name = "kode-diff://" .. cp_id .. "/" .. cp
+    for _, b in ipairs(vim.api.nvim_list_bufs()) do
+      if vim.api.nvim_buf_is_valid(b) and vim.api.nvim_buf_get_name(b) == name then
+        return b
+      end
+    end
+  end
+  vim.api.nvim_set_current_buf(cp_buf)
+  vim.cmd("KodeDiff")
+  wait(5000, function()
+    local b = diff_buf_of(checkpoint)
+    return b ~= nil and vim.api.nvim_get_current_buf() == b
+  end, ":KodeDiff opened a diff buffer")
+  local dbuf = diff_buf_of(checkpoint)
+  local dtext = buf_text(dbuf)
+  check(vim.api.nvim_buf_get_option(dbuf, "filetype") == "diff", "diff buffer has filetype diff")
+  check(vim.api.nvim_buf_get_option(dbuf, "buftype") == "nofile", "diff buffer is a scratch buffer")
+  check(dtext:find("rewind_me.txt", 1, true) ~= nil and has_line(dbuf, "+REWIND ME"),
+    ":KodeDiff shows the turn's diff:\n" .. dtext)
+  log(dtext)
+  vim.cmd("close")
+
+  -- By checkpoint id, read back from agent/events (nothing in memory).
+  kode._state(cp_id).diffs = {}
+  kode._state(cp_id).last_diff = nil
+  vim.api.nvim_set_current_buf(cp_buf)
+  local got_ev
+  kode.diff(checkpoint, nil, function(err, _, ev)
+    got_ev = err or ev
+  end)
+  wait(10000, function()
+    return got_ev ~= nil
+  end, "kode.diff(" .. checkpoint .. ") from agent/events")
+  check(got_ev.checkpointId == checkpoint and type(got_ev.diff) == "string"
+    and got_ev.diff:find("+REWIND ME", 1, true) ~= nil, "diff of " .. checkpoint .. " read from agent/events: "
+    .. vim.inspect(got_ev))
+  check(has_line(diff_buf_of(checkpoint), "+REWIND ME"), ":KodeDiff " .. checkpoint .. " buffer shows the diff")
+  vim.cmd("close")
+  local nocp
+  kode.diff("cp_999", cp_id, function(err)
+    nocp = err or false
+  end)
+  wait(10000, function()
+    return nocp ~= nil
+  end, "diff of an unknown checkpoint")
+  check(nocp and tostring(nocp.message):find("cp_999", 1, true) ~= nil, "unknown checkpoint: error names it")
+
+  -- :KodeRewind: first cancelled (nothing changes), then confirmed (the file goes).
+  local rewind_prompts = {}
+  local rewind_answer = "Cancel"
+  vim.ui.select = function(items, opts, on_choice)
+    if opts and opts.kind == "kode_rewind" then
+      table.insert(rewind_prompts, { prompt = opts.prompt, items = items })
+      local pick
+      for _, it in ipairs(items) do
+        if it:find(rewind_answer, 1, true) == 1 then
+          pick = it
+        end
+      end
+      vim.defer_fn(function()
+        on_choice(pick)
+      end, 20)
+      return
+    end
+    return real_select(items, opts, on_choice)
+  end
+  local function rewound_count()
+    local n = 0
+    for _, e in ipairs(events) do
+      if e.agentId == cp_id and e.event.type == "rewound" then
+        n = n + 1
+      end
+    end
+    return n
+  end
+  vim.api.nvim_set_current_buf(cp_buf)
+  vim.cmd("KodeRewind " .. checkpoint .. " code")
+  wait(10000, function()
+    return #rewind_prompts == 1
+  end, ":KodeRewind asked")
+  vim.wait(500)
+  check(rewind_prompts[1].prompt:find("remove rewind_me.txt", 1, true) ~= nil and rewind_prompts[1].items[1] == "Rewind",
+    "dry run shown in the prompt: " .. rewind_prompts[1].prompt)
+  check(read_file(work .. "/rewind_me.txt") == "REWIND ME\n" and rewound_count() == 0, "Cancel: nothing rewound")
+
+  -- A change from outside since the turn: the prompt lists it and offers to force.
+  write_file(work .. "/rewind_me.txt", "EDITED OUTSIDE\n")
+  rewind_answer = "Force"
+  vim.cmd("KodeRewind " .. checkpoint)
+  wait(10000, function()
+    return #rewind_prompts == 2
+  end, ":KodeRewind asked again")
+  check(rewind_prompts[2].prompt:find("CHANGED OUTSIDE THE AGENT", 1, true) ~= nil
+    and rewind_prompts[2].prompt:find("rewind_me.txt", 1, true) ~= nil
+    and rewind_prompts[2].items[1]:find("Force", 1, true) == 1, "conflict shown, force offered: "
+    .. rewind_prompts[2].prompt)
+  wait(10000, function()
+    return rewound_count() >= 1 and read_file(work .. "/rewind_me.txt") == nil
+  end, "forced rewind removed rewind_me.txt")
+  check(read_file(work .. "/rewind_me.txt") == nil, ":KodeRewind removed the file the turn wrote")
+  wait(5000, function()
+    return buf_text(cp_buf):find("[rewound both to " .. checkpoint .. "]", 1, true) ~= nil
+  end, "[rewound] line in the chat buffer:\n" .. buf_text(cp_buf))
+
   vim.ui.select = real_select
   local stopped2 = false
   kode.stop(function()

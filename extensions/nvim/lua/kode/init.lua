@@ -65,7 +65,7 @@ end
 local function agent_state(id)
   local st = agents[id]
   if not st then
-    st = { last_seq = 0, pending_user = {}, inflight = 0 }
+    st = { last_seq = 0, pending_user = {}, inflight = 0, diffs = {}, last_diff = nil }
     agents[id] = st
   end
   return st
@@ -135,6 +135,12 @@ local function render_event(env)
     if ev.severity == "error" then
       chat.line(c, "[error] " .. tostring(ev.message))
     end
+  elseif t == "turn_diff" and not env.replay then
+    local files = type(ev.files) == "table" and #ev.files or 0
+    chat.line(c, string.format("[diff] %s: %d file(s) changed (:KodeDiff %s)", tostring(ev.checkpointId), files,
+      tostring(ev.checkpointId)))
+  elseif t == "rewound" and not env.replay then
+    chat.line(c, string.format("[rewound %s to %s]", tostring(ev.restore), tostring(ev.checkpointId)))
   elseif t == "agent_resumed" and not env.replay then
     local sealed = ev.sealed
     if type(sealed) == "table" and #sealed > 0 then
@@ -221,6 +227,9 @@ local function on_notification(method, params)
     st.inflight = math.max(0, st.inflight - 1)
   elseif env.event.type == "permission_required" then
     on_permission_required(env)
+  elseif env.event.type == "turn_diff" and not is_nil(env.event.checkpointId) then
+    st.diffs[env.event.checkpointId] = env.event
+    st.last_diff = env.event -- a replay comes in seq order too: the last one wins
   elseif env.event.type == "permission_decided" then
     local ev = env.event
     if ev.decidedBy ~= "client" and not is_nil(ev.approvalId) then
@@ -591,6 +600,247 @@ function M.new_chat(cb)
   end)
 end
 
+-- ---------------------------------------------------------------------------
+-- Checkpoints: :KodeDiff and :KodeRewind
+
+--- The agent a command applies to: the chat (or diff) buffer's, else the current one.
+local function target_agent(agent_id)
+  if agent_id then
+    return agent_id
+  end
+  local buf = vim.api.nvim_get_current_buf()
+  local id = chat.agent_of_buf(buf)
+  if id then
+    return id
+  end
+  local ok, v = pcall(vim.api.nvim_buf_get_var, buf, "kode_agent_id")
+  if ok and type(v) == "string" then
+    return v
+  end
+  return M.current
+end
+
+--- cb(err, checkpoint) for `cp_id`, or the newest checkpoint when cp_id is nil.
+local function find_checkpoint(agent_id, cp_id, cb)
+  M.request("agent/checkpoints", { agentId = agent_id }, function(err, res)
+    if err then
+      return cb(err)
+    end
+    local list = (res or {}).checkpoints or {}
+    if not cp_id then
+      if #list == 0 then
+        return cb({ message = "no checkpoints yet (a turn that changes files takes one)" })
+      end
+      return cb(nil, list[#list])
+    end
+    for _, cp in ipairs(list) do
+      if cp.checkpointId == cp_id then
+        return cb(nil, cp)
+      end
+    end
+    cb({ message = "no checkpoint " .. cp_id })
+  end)
+end
+
+--- The `turn_diff` event of a checkpoint, from the agent's event log. cb(err, event|nil)
+local function diff_from_log(agent_id, cp, cb)
+  local function page(since, n)
+    M.request("agent/events", { agentId = agent_id, since = since, channels = { "monitor" } }, function(err, res)
+      if err then
+        return cb(err)
+      end
+      local events = (res or {}).events or {}
+      local last = since
+      for _, env in ipairs(events) do
+        local ev = env.event or {}
+        if ev.type == "turn_diff" and ev.checkpointId == cp.checkpointId then
+          agent_state(agent_id).diffs[cp.checkpointId] = ev
+          return cb(nil, ev)
+        end
+        if ev.type == "checkpoint" and ev.checkpointId ~= cp.checkpointId then
+          return cb(nil, nil) -- the next turn began: that one changed no files (or is running)
+        end
+        if type(env.seq) == "number" and env.seq > last then
+          last = env.seq
+        end
+      end
+      if #events == 0 or last <= since or n >= 50 then
+        return cb(nil, nil)
+      end
+      page(last, n + 1)
+    end)
+  end
+  page(math.max(0, (tonumber(cp.seq) or 1) - 1), 1)
+end
+
+local function diff_lines(ev)
+  local text = type(ev.diff) == "string" and ev.diff or ""
+  local lines = vim.split(text, "\n", { plain = true })
+  if lines[#lines] == "" then
+    lines[#lines] = nil
+  end
+  if ev.truncated == true then
+    lines[#lines + 1] = "# (diff truncated at 1 MiB)"
+  end
+  if #lines == 0 then
+    lines = { "# no changes" }
+  end
+  return lines
+end
+
+--- Show a turn_diff event in a scratch buffer (filetype diff). Returns the buffer.
+local function show_diff(agent_id, ev)
+  local name = "kode-diff://" .. agent_id .. "/" .. tostring(ev.checkpointId)
+  local buf
+  for _, b in ipairs(vim.api.nvim_list_bufs()) do
+    if vim.api.nvim_buf_is_valid(b) and vim.api.nvim_buf_get_name(b) == name then
+      buf = b
+    end
+  end
+  if not buf then
+    buf = vim.api.nvim_create_buf(false, true)
+    vim.api.nvim_buf_set_name(buf, name)
+  end
+  vim.api.nvim_buf_set_option(buf, "buftype", "nofile")
+  vim.api.nvim_buf_set_option(buf, "bufhidden", "wipe")
+  vim.api.nvim_buf_set_option(buf, "swapfile", false)
+  vim.api.nvim_buf_set_option(buf, "modifiable", true)
+  vim.api.nvim_buf_set_lines(buf, 0, -1, false, diff_lines(ev))
+  vim.api.nvim_buf_set_option(buf, "modifiable", false)
+  vim.api.nvim_buf_set_var(buf, "kode_agent_id", agent_id)
+  vim.api.nvim_buf_set_var(buf, "kode_checkpoint_id", tostring(ev.checkpointId))
+  local win = vim.fn.bufwinid(buf)
+  if win ~= -1 then
+    vim.api.nvim_set_current_win(win)
+  else
+    vim.cmd("botright split")
+    vim.api.nvim_win_set_buf(0, buf)
+  end
+  vim.api.nvim_buf_set_option(buf, "filetype", "diff")
+  return buf
+end
+
+--- :KodeDiff [cp_N]: the last turn's diff (or that checkpoint's) in a scratch buffer.
+--- cb(err, buf, turn_diff_event)
+function M.diff(cp_id, agent_id, cb)
+  cb = cb or report("diff")
+  if cp_id == "" then
+    cp_id = nil
+  end
+  agent_id = target_agent(agent_id)
+  if not agent_id then
+    return cb({ message = "no agent" })
+  end
+  local st = agent_state(agent_id)
+  local function open(ev)
+    ui(function()
+      cb(nil, show_diff(agent_id, ev), ev)
+    end)
+  end
+  local mem = cp_id and st.diffs[cp_id] or (not cp_id and st.last_diff)
+  if mem then
+    return open(mem)
+  end
+  find_checkpoint(agent_id, cp_id, function(err, cp)
+    if err then
+      return cb(err)
+    end
+    diff_from_log(agent_id, cp, function(lerr, ev)
+      if lerr then
+        return cb(lerr)
+      end
+      if not ev then
+        return cb({ message = cp.checkpointId .. ": the turn changed no files" })
+      end
+      open(ev)
+    end)
+  end)
+end
+
+local function rewind_summary(cp, restore, res, verb)
+  local files = {}
+  local names = { added = "restore", modified = "restore", deleted = "remove" }
+  for _, f in ipairs(res.files or {}) do
+    files[#files + 1] = (names[f.change] or tostring(f.change)) .. " " .. tostring(f.path)
+  end
+  local s = string.format("kode: %s %s to %s (before message %s)", verb, restore, cp.checkpointId,
+    tostring(cp.messageIndex))
+  if #files > 0 then
+    s = s .. ": " .. table.concat(files, ", ")
+  elseif restore ~= "conversation" then
+    s = s .. ": no file changes"
+  end
+  if type(res.conflicts) == "table" and #res.conflicts > 0 then
+    s = s .. "; CHANGED OUTSIDE THE AGENT (would be lost): " .. table.concat(res.conflicts, ", ")
+  end
+  if #s > 300 then
+    s = s:sub(1, 297) .. "..."
+  end
+  return s
+end
+
+M.rewind_choices = { "Rewind", "Cancel" }
+M.rewind_force_choices = { "Force rewind (discard the outside changes)", "Cancel" }
+
+--- :KodeRewind [cp_N] [code|conversation|both]: dry run, confirm (force when files were
+--- changed outside the agent), rewind. cb(err, RewindResult|nil) (nil: cancelled)
+function M.rewind(cp_id, restore, agent_id, cb)
+  cb = cb
+    or function(err, res)
+      if err then
+        return notify("rewind: " .. rpc.format_error(err), vim.log.levels.ERROR)
+      end
+      if res and res.restored then
+        notify(string.format("rewound (%d file(s))", #(res.files or {})))
+      end
+    end
+  if cp_id == "" then
+    cp_id = nil
+  end
+  restore = restore or "both"
+  agent_id = target_agent(agent_id)
+  if not agent_id then
+    return cb({ message = "no agent" })
+  end
+  find_checkpoint(agent_id, cp_id, function(err, cp)
+    if err then
+      return cb(err)
+    end
+    local params = { agentId = agent_id, checkpointId = cp.checkpointId, restore = restore, dryRun = true }
+    M.request("agent/rewind", params, function(derr, dry)
+      if derr then
+        return cb(derr)
+      end
+      local conflicts = type(dry.conflicts) == "table" and #dry.conflicts > 0
+      vim.schedule(function()
+        local items = conflicts and M.rewind_force_choices or M.rewind_choices
+        local prompt = rewind_summary(cp, restore, dry, "rewind")
+        vim.ui.select(items, { prompt = prompt, kind = "kode_rewind" }, function(choice)
+          if choice ~= items[1] then
+            return cb(nil, nil)
+          end
+          M.request("agent/rewind", { agentId = agent_id, checkpointId = cp.checkpointId, restore = restore,
+            force = conflicts or nil }, function(rerr, res)
+            if rerr then
+              return cb(rerr)
+            end
+            ui(function()
+              if not res.restored and type(res.conflicts) == "table" and #res.conflicts > 0 then
+                notify("not rewound: changed outside the agent meanwhile: " .. table.concat(res.conflicts, ", "),
+                  vim.log.levels.WARN)
+              end
+              if res.restored and restore ~= "conversation" then
+                pcall(vim.cmd, "checktime") -- reload buffers of rewound files
+              end
+              cb(nil, res)
+            end)
+          end)
+        end)
+      end)
+    end)
+  end)
+end
+
 --- :KodeStop
 function M.stop(cb)
   rpc.stop(cb)
@@ -610,5 +860,6 @@ end
 
 M._chat = chat
 M._rpc = rpc
+M._state = agent_state
 
 return M
