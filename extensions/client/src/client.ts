@@ -17,7 +17,9 @@ import type {
   AgentInfo,
   AgentRef,
   AgentStatus,
+  CheckpointsResult,
   ClientRequestName,
+  CompactResult,
   ConsistencyParams,
   ConsistencyResult,
   DecideParams,
@@ -40,6 +42,8 @@ import type {
   ResultOf,
   ResumeParams,
   ResumeResult,
+  RewindParams,
+  RewindResult,
   SendParams,
   SendResult,
   StoreHealth,
@@ -393,6 +397,36 @@ export class KodeClient {
   /** `agent/todos`: reads, or sets when `todos` is given (which subscribes, like the server does). */
   todos(params: TodosParams, options?: RequestOptions): Promise<TodosResult> {
     return this.agentRequest("agent/todos", params, options, params.todos !== undefined && params.todos !== null);
+  }
+
+  /**
+   * `agent/compact`: compresses the agent's context now (after the running turn, if
+   * any), optionally focused by `instructions`; `context_compression` events follow.
+   */
+  compact(agentId: string, instructions?: string, options?: RequestOptions): Promise<CompactResult> {
+    const params: { agentId: string; instructions?: string } = { agentId };
+    if (instructions !== undefined) params.instructions = instructions;
+    return this.agentRequest("agent/compact", params, options, false);
+  }
+
+  /** `agent/checkpoints`: the agent's checkpoints, oldest first. */
+  checkpoints(agentId: string, options?: RequestOptions): Promise<CheckpointsResult> {
+    return this.request("agent/checkpoints", { agentId }, options);
+  }
+
+  /**
+   * `agent/rewind`: restores the workDir and/or the conversation to a checkpoint
+   * (`restore` defaults to `"both"`). With `dryRun` nothing changes and the result lists
+   * `files` and `conflicts`; with conflicts and no `force` nothing is restored
+   * (`restored: false`). A running or queued turn gets -32602 `agent_busy`.
+   */
+  rewind(
+    agentId: string,
+    checkpointId: string,
+    opts: Omit<RewindParams, "agentId" | "checkpointId"> = {},
+    options?: RequestOptions,
+  ): Promise<RewindResult> {
+    return this.request("agent/rewind", { ...opts, agentId, checkpointId }, options);
   }
 
   async deleteAgent(params: AgentRef, options?: RequestOptions): Promise<DeleteResult> {

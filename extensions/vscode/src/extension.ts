@@ -7,6 +7,7 @@ import * as vscode from "vscode";
 import { KodeSession } from "./core/session.js";
 import { AgentsTree } from "./ui/agentsTree.js";
 import { ChatPanels } from "./ui/chatPanels.js";
+import { DIFF_SCHEME, TurnDiffDocuments, openTurnDiff, rewindToCheckpoint } from "./ui/checkpoints.js";
 import { registerCommands } from "./ui/commands.js";
 import { clientOptions, createServerLog, settings, workspaceFolder } from "./ui/host.js";
 import { notifyApproval } from "./ui/notifications.js";
@@ -29,14 +30,18 @@ export function activate(context: vscode.ExtensionContext): void {
     },
   });
   session = s;
+  const diffDocs = new TurnDiffDocuments();
   panels = new ChatPanels(context, s, logger, {
     showLog: () => output.show(true),
     rename: (agentId) => vscode.commands.executeCommand("kode.renameAgent", agentId),
+    openDiff: (agentId, checkpointId, path) => openTurnDiff(s, diffDocs, agentId, checkpointId, path),
+    rewind: (agentId, checkpointId) => rewindToCheckpoint(s, agentId, checkpointId),
   });
   const tree = new AgentsTree(s, output);
   const status = new StatusBar(s, output);
 
   context.subscriptions.push(
+    vscode.workspace.registerTextDocumentContentProvider(DIFF_SCHEME, diffDocs),
     output,
     panels,
     tree,

@@ -1,9 +1,11 @@
 // KodeSession + ChatModel against the real kode-rpc server (echo and scripted providers).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
-import { makeSession, sendAndWait, tempEnv } from "./helpers.mjs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { ChatViewController, rewindPrompt } from "../out/core.mjs";
+import { makeSession, sendAndWait, tempEnv, waitUntil } from "./helpers.mjs";
 
 let env;
 before(() => {
@@ -215,4 +217,127 @@ test("a provider failure (no API key) shows the error and the failed turn in the
   assert.equal(c.status, "error");
   assert.equal(c.error?.type, "authentication");
   assert.equal(c.error?.retryable, false);
+});
+
+// --- issues 12-14 on the client side: MCP status, compaction marker, turn diffs and rewind ---
+
+test("MCP servers: the header lists each server, ready with its tool count or failed with the error", async (t) => {
+  const { session } = makeSession(env, { settings: { defaultProvider: "echo" } });
+  t.after(() => session.dispose());
+  const mcpServer = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "tests", "mcp_server.py");
+  const a = await session.createAgent({
+    mcpServers: {
+      notes: { command: "python3", args: [mcpServer] },
+      broken: { command: "/nonexistent/kode-mcp-server" },
+    },
+  });
+  const sent = [];
+  const view = new ChatViewController(session, a.agentId, (m) => sent.push(m));
+  t.after(() => view.dispose());
+  await view.ready();
+  const settled = () => a.model.mcp().length === 2 && a.model.mcp().every((m) => m.status === "ready" || m.status === "failed");
+  await waitUntil(session, settled, 30_000, "both MCP servers settled");
+  const [broken, notes] = a.model.mcp();
+  assert.equal(broken.server, "broken");
+  assert.equal(broken.status, "failed");
+  assert.ok(broken.error && broken.error.length > 0, "failed server carries its error");
+  assert.equal(notes.server, "notes");
+  assert.equal(notes.status, "ready", `notes: ${notes.error ?? ""}`);
+  assert.ok(notes.tools >= 5, `notes offers its tools (${notes.tools})`);
+  await waitUntil(session, () => sent.some((m) => m.type === "header" && m.header.mcp.length === 2), 5_000, "header with mcp");
+  // A reopened chat (another window, once this one closed) gets the same list from agent/status.mcp.
+  view.dispose();
+  await session.dispose();
+  const { session: s2 } = makeSession(env);
+  t.after(() => s2.dispose());
+  const b = await s2.openAgent(a.agentId);
+  assert.deepEqual(b.model.mcp().map((m) => m.server), ["broken", "notes"], "listed at once (reconnecting)");
+  await waitUntil(s2, () => b.model.mcp().every((m) => m.status === "ready" || m.status === "failed"), 30_000, "reconnected");
+  assert.deepEqual(b.model.mcp().map((m) => [m.server, m.status]), [["broken", "failed"], ["notes", "ready"]]);
+});
+
+test("compact: agent/compact adds 'Context compressed: N messages summarised' to the transcript", async (t) => {
+  const { session } = makeSession(env);
+  t.after(() => session.dispose());
+  const long = "word ".repeat(300);
+  const a = await session.createAgent({
+    provider: "scripted",
+    script: [{ text: long }, { text: long }, { text: "SUMMARY of the chat." }],
+    context: { keepRecentTokens: 10 },
+  });
+  await sendAndWait(session, a.agentId, `first ${long}`);
+  await sendAndWait(session, a.agentId, `second ${long}`);
+  const r = await session.compact(a.agentId);
+  assert.equal(r.compressed, true);
+  const marker = await waitUntil(
+    session,
+    () => a.model.items.find((i) => i.kind === "notice" && i.text.startsWith("Context compressed:")),
+    10_000,
+    "compression marker",
+  );
+  assert.match(marker.text, new RegExp(`^Context compressed: ${r.compactedMessages} messages summarised`));
+  // Reopened: the summary message shows as a marker, not as a user message.
+  await session.dispose();
+  const { session: s2 } = makeSession(env);
+  t.after(() => s2.dispose());
+  const b = await s2.openAgent(a.agentId);
+  assert.ok(b.model.items.some((i) => i.kind === "notice" && /Context compressed/.test(i.text)));
+  assert.ok(!b.model.items.some((i) => i.kind === "user" && /SUMMARY/.test(i.text)));
+});
+
+test("turn_diff card: files with +/- counts, the file before the turn, rewind dry run / conflicts / force", async (t) => {
+  const { session } = makeSession(env);
+  t.after(() => session.dispose());
+  writeFileSync(join(env.work, "keep.txt"), "one\ntwo\nthree\n");
+  const a = await session.createAgent({
+    provider: "scripted",
+    permissionMode: "auto",
+    script: [
+      {
+        text: "Editing.",
+        toolCalls: [
+          { name: "fs_write", input: { path: "keep.txt", content: "one\nTWO\nthree\nfour\n" } },
+          { name: "fs_write", input: { path: "new.txt", content: "fresh\n" } },
+        ],
+      },
+      { text: "Done." },
+    ],
+  });
+  const r = await sendAndWait(session, a.agentId, "edit");
+  assert.equal(r.done.event.reason, "completed");
+  const card = await waitUntil(session, () => a.model.diffs()[0], 5_000, "diff card");
+  assert.equal(card.turnId, r.turnId);
+  const byPath = Object.fromEntries(card.files.map((f) => [f.path, f]));
+  assert.equal(byPath["keep.txt"].change, "modified");
+  assert.equal(byPath["keep.txt"].additions, 2);
+  assert.equal(byPath["keep.txt"].deletions, 1);
+  assert.equal(byPath["new.txt"].change, "added");
+  // The diff editor's left side: reverse-applied from the file as it is now.
+  const now = readFileSync(join(env.work, "keep.txt"), "utf8");
+  const d = session.turnFileDiff(a.agentId, card.checkpointId, "keep.txt", now);
+  assert.equal(d.before, "one\ntwo\nthree\n");
+  assert.match(d.unified, /^-two$/m);
+  assert.equal(session.turnFileDiff(a.agentId, card.checkpointId, "new.txt", "fresh\n").before, "");
+  // Changed since: no reverse apply, the unified diff only.
+  assert.equal(session.turnFileDiff(a.agentId, card.checkpointId, "keep.txt", "edited\n").before, undefined);
+
+  // Rewind: preview, conflicts block, force restores; the card is marked.
+  const dry = await session.rewind(a.agentId, card.checkpointId, { dryRun: true });
+  assert.equal(dry.restored, false);
+  assert.deepEqual(dry.files.map((f) => `${f.path}:${f.change}`).sort(), ["keep.txt:modified", "new.txt:deleted"]);
+  const prompt = rewindPrompt("t", dry);
+  assert.equal(prompt.force, false);
+  assert.match(prompt.detail, /new\.txt \(removed\)/);
+  writeFileSync(join(env.work, "keep.txt"), "edited by the user\n");
+  const dry2 = await session.rewind(a.agentId, card.checkpointId, { dryRun: true });
+  assert.deepEqual(dry2.conflicts, ["keep.txt"]);
+  const p2 = rewindPrompt("t", dry2);
+  assert.equal(p2.force, true);
+  assert.equal(p2.button, "Rewind Anyway");
+  const done = await session.rewind(a.agentId, card.checkpointId, { force: p2.force });
+  assert.equal(done.restored, true);
+  assert.equal(readFileSync(join(env.work, "keep.txt"), "utf8"), "one\ntwo\nthree\n");
+  assert.equal(existsSync(join(env.work, "new.txt")), false);
+  await waitUntil(session, () => card.rewound === true, 5_000, "card marked rewound");
+  assert.ok(a.model.items.some((i) => i.kind === "notice" && /^Rewound code and conversation/.test(i.text)));
 });

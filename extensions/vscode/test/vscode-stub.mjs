@@ -179,6 +179,10 @@ export function createVscodeStub({ workspaceFolder, config = {}, remoteName, web
         },
       }),
       onDidChangeConfiguration: configEmitter.event,
+      registerTextDocumentContentProvider(scheme, provider) {
+        rec.contentProviders = { ...(rec.contentProviders ?? {}), [scheme]: provider };
+        return { dispose() {} };
+      },
     },
     commands: {
       registerCommand(id, fn) {

@@ -2,7 +2,7 @@
  * The chat view model of one agent: reduces `agent/event` envelopes (and the stored
  * `agent/messages` history) into a list of items the webview renders. No `vscode` here.
  */
-import type { ApprovalRequest, EventEnvelope, Message, ToolCall } from "@kode-rpc/client";
+import type { ApprovalRequest, DiffFile, EventEnvelope, McpServerState, Message, ToolCall } from "@kode-rpc/client";
 import { contextTokens } from "./models.js";
 
 export type AgentState = "READY" | "WORKING" | "PAUSED";
@@ -69,7 +69,28 @@ export interface NoticeItem {
   text: string;
 }
 
-export type ChatItem = UserItem | AssistantItem | ThinkingItem | ToolItem | NoticeItem;
+/** What a turn changed in the workDir (`turn_diff`): a card with the files and "Rewind to here". */
+export interface DiffItem {
+  kind: "diff";
+  id: string;
+  turnId?: string;
+  checkpointId: string;
+  files: DiffFile[];
+  diff: string;
+  truncated: boolean;
+  /** Set once the agent was rewound to this checkpoint. */
+  rewound?: boolean;
+}
+
+export type ChatItem = UserItem | AssistantItem | ThinkingItem | ToolItem | NoticeItem | DiffItem;
+
+/** One MCP server of the agent as the header shows it. */
+export interface McpView {
+  server: string;
+  status: McpServerState["status"];
+  tools: number;
+  error?: string;
+}
 
 export interface Usage {
   inputTokens: number;
@@ -117,6 +138,8 @@ export class ChatModel {
   /** The turn that is running, from the last `state_changed`/`done`. */
   currentTurnId: string | undefined;
   lastDoneReason: string | undefined;
+  /** MCP servers by name, from `agent/status.mcp` and `mcp_status` events. */
+  private readonly mcpServers = new Map<string, McpView>();
 
   constructor(agentId: string) {
     this.agentId = agentId;
@@ -132,6 +155,22 @@ export class ChatModel {
 
   item(id: string): ChatItem | undefined {
     return this.byId.get(id);
+  }
+
+  /** The agent's MCP servers (sorted by name). */
+  mcp(): McpView[] {
+    return [...this.mcpServers.values()].sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
+  }
+
+  private setMcp(s: { server: string; status: McpServerState["status"]; tools?: string[] | null; error?: string | null }): void {
+    const v: McpView = { server: s.server, status: s.status, tools: s.tools?.length ?? 0 };
+    if (s.error) v.error = s.error;
+    this.mcpServers.set(s.server, v);
+  }
+
+  /** Turn diff cards (`turn_diff`). */
+  diffs(): DiffItem[] {
+    return this.list.filter((i): i is DiffItem => i.kind === "diff");
   }
 
   tools(): ToolItem[] {
@@ -186,8 +225,13 @@ export class ChatModel {
     lastSeq: number;
     breakpoint?: string;
     usage?: { inputTokens?: number; outputTokens?: number; costUsd?: number };
+    mcp?: McpServerState[];
   }): void {
     this.state = status.state;
+    if (status.mcp) {
+      this.mcpServers.clear();
+      for (const m of status.mcp) this.setMcp(m);
+    }
     if (status.breakpoint !== undefined) this.breakpoint = status.breakpoint;
     const inp = status.usage?.inputTokens ?? 0;
     const out = status.usage?.outputTokens ?? 0;
@@ -244,6 +288,10 @@ export class ChatModel {
   loadMessages(messages: Message[]): void {
     for (const m of messages) {
       const turnId = m.turnId ?? undefined;
+      if (m.kind === "summary") {
+        this.addNotice("info", "Context compressed: earlier messages summarised.", turnId);
+        continue;
+      }
       if (m.role === "user" || m.role === "system") {
         const text = m.content
           .map((b) => (b.type === "text" ? b.text : ""))
@@ -458,8 +506,47 @@ export class ChatModel {
           touch(this.addNotice("warn", `Recovered after a restart; sealed ${ev.sealed.length} unfinished tool call(s).`, turnId));
         }
         break;
+      case "context_compression":
+        if (ev.phase === "end") {
+          const n = ev.compactedMessages ?? 0;
+          const pct = typeof ev.ratio === "number" ? ` (context now ${Math.round(ev.ratio * 100)}% of before)` : "";
+          touch(this.addNotice("info", `Context compressed: ${n} message${n === 1 ? "" : "s"} summarised${pct}.`, turnId));
+        }
+        break;
+      case "mcp_status":
+        this.setMcp(ev);
+        change.header = true;
+        break;
+      case "turn_diff": {
+        const id = `diff:${ev.checkpointId}`;
+        const existing = this.byId.get(id);
+        const item: DiffItem = {
+          kind: "diff",
+          id,
+          turnId: ev.turnId,
+          checkpointId: ev.checkpointId,
+          files: ev.files,
+          diff: ev.diff,
+          truncated: ev.truncated ?? false,
+        };
+        if (existing && existing.kind === "diff") {
+          Object.assign(existing, item);
+          touch(existing);
+        } else touch(this.add(item));
+        break;
+      }
+      case "rewound": {
+        const card = this.byId.get(`diff:${ev.checkpointId}`);
+        if (card && card.kind === "diff") {
+          card.rewound = true;
+          touch(card);
+        }
+        const what = ev.restore === "both" ? "code and conversation" : ev.restore;
+        touch(this.addNotice("info", `Rewound ${what} to checkpoint ${ev.checkpointId}.`, turnId));
+        break;
+      }
       default:
-        // step_complete, todo_changed, file_changed, context_compression: not rendered.
+        // step_complete, todo_changed, file_changed, checkpoint: not rendered.
         break;
     }
     return change;

@@ -17,7 +17,15 @@ export class ChatViewController implements WebviewTarget, Disposable {
     private readonly session: KodeSession,
     readonly agentId: string,
     private readonly post: (msg: ToWebview) => unknown,
-    private readonly hooks: { showLog?: () => unknown; rename?: () => unknown; onError?: (message: string) => void } = {},
+    private readonly hooks: {
+      showLog?: () => unknown;
+      rename?: () => unknown;
+      onError?: (message: string) => void;
+      /** Opens a diff editor of what a turn did to a file. */
+      openDiff?: (checkpointId: string, path: string) => unknown;
+      /** "Rewind to here": preview (dry run), confirm, restore. */
+      rewind?: (checkpointId: string) => unknown;
+    } = {},
   ) {
     this.sub = session.onDidChange((e) => {
       if (!this.live) return;
@@ -45,6 +53,7 @@ export class ChatViewController implements WebviewTarget, Disposable {
       context: st.context,
       costUsd: st.costUsd,
       model: m ? `${m.provider}${m.model ? `/${m.model}` : ""}` : undefined,
+      mcp: a.model.mcp(),
     };
   }
 
@@ -96,6 +105,32 @@ export class ChatViewController implements WebviewTarget, Disposable {
     try {
       const ok = await this.session.decide(this.agentId, approvalId, decision, "inline");
       if (!ok) this.post({ type: "error", message: "That approval was already answered." });
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  /** The toolbar's Compact button: `agent/compact`; the transcript gets the marker from the events. */
+  async compact(): Promise<void> {
+    try {
+      const r = await this.session.compact(this.agentId);
+      if (!r.compressed) this.post({ type: "error", message: "Nothing to compress yet." });
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  async openDiff(checkpointId: string, path: string): Promise<void> {
+    try {
+      await this.hooks.openDiff?.(checkpointId, path);
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  async rewind(checkpointId: string): Promise<void> {
+    try {
+      await this.hooks.rewind?.(checkpointId);
     } catch (e) {
       this.fail(e);
     }

@@ -124,6 +124,9 @@ export interface NewAgentOptions {
   script?: NonNullable<AgentConfig["model"]>["script"];
   systemPrompt?: string;
   metadata?: Record<string, unknown>;
+  /** Passed through to `agent/create` (tests, demos). */
+  mcpServers?: AgentConfig["mcpServers"];
+  context?: AgentConfig["context"];
 }
 
 /** The `agent/create` params for a new agent from settings, overridden by `opts`. */
@@ -143,6 +146,8 @@ export function agentConfig(settings: KodeSettings, workDir: string | undefined,
   }
   if (workDir) cfg.sandbox = { workDir };
   if (opts.systemPrompt) cfg.systemPrompt = opts.systemPrompt;
+  if (opts.mcpServers) cfg.mcpServers = opts.mcpServers;
+  if (opts.context) cfg.context = opts.context;
   return cfg;
 }
 

@@ -12,3 +12,4 @@ export * from "./agentsView.js";
 export * from "../webview/protocol.js";
 export * from "../webview/html.js";
 export * from "../webview/markdown.js";
+export * from "./diff.js";

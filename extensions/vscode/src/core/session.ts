@@ -9,6 +9,8 @@ import {
   ErrorCodes,
   type AgentInfo,
   type ClientState,
+  type CompactResult,
+  type RewindResult,
   type EventEnvelope,
   type KodeClientOptions,
   type Logger,
@@ -16,6 +18,7 @@ import {
 } from "@kode-rpc/client";
 import { ApprovalBroker, type ApprovalHost } from "./approvals.js";
 import { ChatModel, type ApprovalChoice, type ChatItem } from "./chatModel.js";
+import { fileSection, reverseApply } from "./diff.js";
 import { agentConfig, newAgentId, type KodeSettings, type NewAgentOptions } from "./config.js";
 import { Emitter } from "./events.js";
 import { formatStatus, type StatusView } from "./status.js";
@@ -289,7 +292,7 @@ export class KodeSession {
       if (history.total > history.messages.length) {
         model.addNotice("info", `Showing the last ${history.messages.length} of ${history.total} messages.`);
       }
-      model.setStatus({ state: status.state, lastSeq: status.lastSeq, breakpoint: status.breakpoint, usage: status.usage });
+      model.setStatus({ state: status.state, lastSeq: status.lastSeq, breakpoint: status.breakpoint, usage: status.usage, mcp: status.mcp });
       await this.loadLastTokenUsage(client, agentId, model, status.lastSeq);
       if (history.total === history.messages.length) {
         const first = model.firstUserText();
@@ -466,9 +469,54 @@ export class KodeSession {
     if (!a) return undefined;
     const client = await this.start();
     const st = await client.status({ agentId });
-    a.model.setStatus({ state: st.state, lastSeq: st.lastSeq, breakpoint: st.breakpoint, usage: st.usage });
+    a.model.setStatus({ state: st.state, lastSeq: st.lastSeq, breakpoint: st.breakpoint, usage: st.usage, mcp: st.mcp });
     this.emitter.fire({ type: "header", agentId });
     return this.status(agentId);
+  }
+
+  // --- context, checkpoints ----------------------------------------------------------
+
+  /** `agent/compact` (after the running turn, if any); the marker comes with `context_compression`. */
+  async compact(agentId: string, instructions?: string): Promise<CompactResult> {
+    await this.openAgent(agentId);
+    const client = await this.start();
+    return client.compact(agentId, instructions);
+  }
+
+  /** `agent/rewind` of an open agent's checkpoint (`dryRun` to preview files and conflicts). */
+  async rewind(
+    agentId: string,
+    checkpointId: string,
+    opts: { restore?: "code" | "conversation" | "both"; dryRun?: boolean; force?: boolean } = {},
+  ): Promise<RewindResult> {
+    const client = await this.start();
+    return client.rewind(agentId, checkpointId, opts);
+  }
+
+  /**
+   * What a turn did to one file, for a diff editor: the unified diff of the file and,
+   * when it could be reverse-applied to `current` (the file's content now; undefined
+   * when the file is gone), the content before the turn.
+   */
+  turnFileDiff(
+    agentId: string,
+    checkpointId: string,
+    path: string,
+    current: string | undefined,
+  ): { unified: string; before?: string; change?: string } | undefined {
+    const card = this.agents.get(agentId)?.model.item(`diff:${checkpointId}`);
+    if (!card || card.kind !== "diff") return undefined;
+    const f = card.files.find((x) => x.path === path);
+    const unified = fileSection(card.diff, path) ?? "";
+    const out: { unified: string; before?: string; change?: string } = { unified, change: f?.change };
+    if (!unified) return out;
+    if (f?.change === "added") {
+      if (current !== undefined) out.before = "";
+    } else {
+      const b = reverseApply(unified, f?.change === "deleted" ? "" : current ?? "");
+      if (b !== undefined && (current !== undefined || f?.change === "deleted")) out.before = b;
+    }
+    return out;
   }
 }
 

@@ -15,6 +15,8 @@ export interface ChatPanelHooks {
   showLog(): unknown;
   /** The header's rename button. */
   rename(agentId: string): unknown;
+  openDiff(agentId: string, checkpointId: string, path: string): unknown;
+  rewind(agentId: string, checkpointId: string): unknown;
 }
 
 export class ChatPanels implements vscode.Disposable {
@@ -69,6 +71,8 @@ export class ChatPanels implements vscode.Disposable {
     const controller = new ChatViewController(s, agentId, (m) => w.postMessage(m), {
       showLog: () => this.hooks.showLog(),
       rename: () => this.hooks.rename(agentId),
+      openDiff: (cp, p) => this.hooks.openDiff(agentId, cp, p),
+      rewind: (cp) => this.hooks.rewind(agentId, cp),
       onError: (m) => this.logger.warn(`kode: ${agentId}: ${m}`),
     });
     const entry: ChatPanel = { panel, controller };

@@ -125,6 +125,20 @@ export function registerCommands(d: CommandDeps): vscode.Disposable[] {
       if (!stopped) void vscode.window.showInformationMessage(`Kode: "${s.title(id)}" had no running turn.`);
     },
 
+    "kode.compact": async (arg?: unknown) => {
+      const id = idOf(arg) ?? s.currentAgentId;
+      if (!id) {
+        void vscode.window.showInformationMessage("Kode: no current agent.");
+        return;
+      }
+      const r = await vscode.window.withProgress(
+        { location: vscode.ProgressLocation.Window, title: "Kode: compressing context" },
+        () => s.compact(id),
+      );
+      if (!r.compressed) void vscode.window.showInformationMessage(`Kode: "${s.title(id)}" has nothing to compress yet.`);
+      return r;
+    },
+
     "kode.showServerLog": async () => output.show(),
 
     "kode.deleteAgent": async (arg?: unknown) => {

@@ -63,6 +63,7 @@ export function renderChatHtml(o: ChatHtmlOptions): string {
   <header id="header">
     <div class="title"><span id="agent-title">${a(o.title)}</span><button id="rename" class="icon-button" title="Rename this chat" aria-label="Rename this chat">✎</button> <span id="model" class="muted"></span></div>
     <div class="status"><span id="state-dot" class="dot"></span><span id="status-text" class="muted"><span id="state-label">connecting…</span><span id="numbers"> · <span id="context" title="Context used after the last model call, of the model's context window"></span> · <span id="cost" title="Cost so far"></span></span></span></div>
+    <ul id="mcp" class="mcp-list" hidden aria-label="MCP servers"></ul>
   </header>
   <main id="transcript" aria-live="polite"></main>
   <div id="error" class="error-banner" hidden></div>
@@ -71,6 +72,7 @@ export function renderChatHtml(o: ChatHtmlOptions): string {
     <div class="buttons">
       <button id="send" title="Send (Enter)">Send</button>
       <button id="interrupt" class="secondary" title="Interrupt the running turn (also: Kode: Interrupt Agent)" disabled>Interrupt</button>
+      <button id="compact" class="secondary" title="Summarise older messages to free context (also: Kode: Compact Context)">Compact</button>
     </div>
   </footer>
 ${prelude}  <script nonce="${a(o.nonce)}" src="${a(o.scriptUri)}"></script>

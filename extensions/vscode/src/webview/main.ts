@@ -5,7 +5,7 @@
  * set as text.
  */
 import { createMarkdown } from "./markdown.js";
-import type { ApprovalChoice, ChatItem, ToolItem } from "../core/chatModel.js";
+import type { ApprovalChoice, ChatItem, DiffItem, ToolItem } from "../core/chatModel.js";
 import type { FromWebview, HeaderState, ToWebview } from "./protocol.js";
 
 interface VsCodeApi {
@@ -167,6 +167,38 @@ function renderDiff(diff: string): HTMLElement {
   return pre;
 }
 
+/** A turn's `turn_diff`: files with +/- counts (click: diff editor) and "Rewind to here". */
+function renderTurnDiff(d: DiffItem): HTMLElement {
+  const card = el("div", `diff-card${d.rewound ? " rewound" : ""}`);
+  const head = el("div", "diff-head");
+  const n = d.files.length;
+  head.appendChild(el("span", "diff-title", `Changed ${n} file${n === 1 ? "" : "s"}${d.truncated ? " (diff truncated)" : ""}`));
+  const rw = el("button", "secondary rewind", d.rewound ? "Rewound" : "Rewind to here");
+  rw.title = "Restore the files and the conversation to before this turn (shows a preview first)";
+  rw.disabled = !!d.rewound;
+  rw.addEventListener("click", () => vscode.postMessage({ type: "rewind", checkpointId: d.checkpointId }));
+  head.appendChild(rw);
+  card.appendChild(head);
+  const ul = el("ul", "diff-files");
+  for (const f of d.files) {
+    const li = el("li", `change-${f.change}`);
+    const a = el("a", "file", f.path);
+    a.href = "#";
+    a.title = `Open the diff of ${f.path}`;
+    a.addEventListener("click", (e) => {
+      e.preventDefault();
+      vscode.postMessage({ type: "openDiff", checkpointId: d.checkpointId, path: f.path });
+    });
+    li.appendChild(el("span", "change", f.change === "added" ? "A" : f.change === "deleted" ? "D" : "M"));
+    li.appendChild(a);
+    li.appendChild(el("span", "add", ` +${f.additions}`));
+    li.appendChild(el("span", "del", ` −${f.deletions}`));
+    ul.appendChild(li);
+  }
+  card.appendChild(ul);
+  return card;
+}
+
 function renderItem(item: ChatItem): HTMLElement {
   switch (item.kind) {
     case "user": {
@@ -196,6 +228,8 @@ function renderItem(item: ChatItem): HTMLElement {
       return renderTool(item);
     case "notice":
       return el("div", `notice ${item.level}`, item.text);
+    case "diff":
+      return renderTurnDiff(item);
   }
 }
 
@@ -253,6 +287,17 @@ function setHeader(h: HeaderState): void {
   $("context").title = `Context: ${h.context.used.toLocaleString("en-US")} of ${formatTokens(h.context.window)} tokens`;
   $("cost").textContent = cost;
   $("state-dot").className = `dot ${h.state.toLowerCase()}${h.stateLabel === "awaiting approval" ? " approval" : ""}`;
+  const mcp = $("mcp");
+  mcp.textContent = "";
+  for (const m of h.mcp ?? []) {
+    const li = el("li", `mcp-${m.status}`);
+    const label = m.status === "ready" ? `ready · ${m.tools} tool${m.tools === 1 ? "" : "s"}` : m.status === "failed" ? `failed: ${m.error ?? "unknown error"}` : m.status;
+    li.appendChild(el("span", "mcp-name", m.server));
+    li.appendChild(el("span", "mcp-state", ` ${label}`));
+    li.title = `MCP server ${m.server}: ${label}`;
+    mcp.appendChild(li);
+  }
+  mcp.hidden = !(h.mcp ?? []).length;
   busy = h.busy;
   interruptBtn.disabled = !busy;
   document.title = h.title;
@@ -317,6 +362,7 @@ interruptBtn.addEventListener("click", () => {
   if (busy) vscode.postMessage({ type: "interrupt" });
 });
 $("rename").addEventListener("click", () => vscode.postMessage({ type: "rename" }));
+$("compact").addEventListener("click", () => vscode.postMessage({ type: "compact" }));
 input.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
     e.preventDefault();

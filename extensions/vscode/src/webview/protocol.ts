@@ -3,7 +3,7 @@
  * the webview's messages. Shared by the extension (Node) and the webview script (browser):
  * type-only imports here, nothing that needs Node or `vscode`.
  */
-import type { ApprovalChoice, ChatItem, Usage, AgentState } from "../core/chatModel.js";
+import type { ApprovalChoice, ChatItem, McpView, Usage, AgentState } from "../core/chatModel.js";
 import type { ContextView } from "../core/status.js";
 
 /** What the chat header shows. */
@@ -23,6 +23,8 @@ export interface HeaderState {
   context: ContextView;
   costUsd: number;
   model?: string;
+  /** The agent's MCP servers: ready with their tool count, failed with the error. */
+  mcp: McpView[];
 }
 
 /** Extension -> webview. */
@@ -40,7 +42,10 @@ export type FromWebview =
   | { type: "interrupt" }
   | { type: "approve"; approvalId: string; decision: ApprovalChoice }
   | { type: "rename" }
-  | { type: "showLog" };
+  | { type: "showLog" }
+  | { type: "compact" }
+  | { type: "openDiff"; checkpointId: string; path: string }
+  | { type: "rewind"; checkpointId: string };
 
 /** What a chat view's messages act on (one agent): `ChatViewController` implements it over a session. */
 export interface WebviewTarget {
@@ -50,6 +55,9 @@ export interface WebviewTarget {
   approve(approvalId: string, decision: ApprovalChoice): unknown;
   rename?(): unknown;
   showLog?(): unknown;
+  compact?(): unknown;
+  openDiff?(checkpointId: string, path: string): unknown;
+  rewind?(checkpointId: string): unknown;
 }
 
 export type DispatchResult =
@@ -68,7 +76,15 @@ export function parseWebviewMessage(msg: unknown): FromWebview | { error: string
     case "interrupt":
     case "rename":
     case "showLog":
+    case "compact":
       return { type: m.type };
+    case "openDiff":
+      if (typeof m.checkpointId !== "string" || !m.checkpointId) return { error: "openDiff: checkpointId missing" };
+      if (typeof m.path !== "string" || !m.path) return { error: "openDiff: path missing" };
+      return { type: "openDiff", checkpointId: m.checkpointId, path: m.path };
+    case "rewind":
+      if (typeof m.checkpointId !== "string" || !m.checkpointId) return { error: "rewind: checkpointId missing" };
+      return { type: "rewind", checkpointId: m.checkpointId };
     case "send": {
       if (typeof m.text !== "string") return { error: "send: text must be a string" };
       const text = m.text.trim();
@@ -111,6 +127,15 @@ export async function handleWebviewMessage(msg: unknown, target: WebviewTarget):
         break;
       case "showLog":
         await target.showLog?.();
+        break;
+      case "compact":
+        await target.compact?.();
+        break;
+      case "openDiff":
+        await target.openDiff?.(parsed.checkpointId, parsed.path);
+        break;
+      case "rewind":
+        await target.rewind?.(parsed.checkpointId);
         break;
     }
     return { ok: true, type: parsed.type };
