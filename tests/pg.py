@@ -244,7 +244,7 @@ def _store_under_test(request: pytest.FixtureRequest, tmp_path_factory: pytest.T
     Not `KODE_STORE`: the server treats that variable's value as a secret (tools never see it)
     and holds back tool output that could contain it, which changes what streaming tests see.
     PostgreSQL is reached over the cluster's unix socket, without a password, for the same reason.
-    A test that writes its own config.toml runs on the default SQLite store.
+    A test that manages its own config dir runs on the default SQLite store.
     """
     kind = os.environ.get("KODE_TEST_STORE", "")
     if kind in ("", "sqlite") or os.path.basename(str(request.node.path)) in _STORE_OWN:
@@ -256,6 +256,12 @@ def _store_under_test(request: pytest.FixtureRequest, tmp_path_factory: pytest.T
         url = server.socket_url(server.create_database("e2e"))
     else:
         raise pytest.UsageError(f"KODE_TEST_STORE must be sqlite, json or postgres, not {kind!r}")
+    fn = getattr(request.node, "function", None)
+    try:
+        if fn is not None and '"config"' in inspect.getsource(fn):
+            return  # the test writes its own config dir: it runs on the default store
+    except (OSError, TypeError):
+        pass
     tmp_path: Path = request.getfixturevalue("tmp_path")
     config = tmp_path / "config"
     config.mkdir(exist_ok=True)
