@@ -53,6 +53,8 @@ def register_env(env: Mapping[str, str], names: Iterable[str] = (), allowed: Ite
     wanted = set(names)
     shared = set(allowed) - wanted
     for name, value in env.items():
+        if name in ALWAYS_REMOVED and name not in wanted:
+            continue  # a store URL: kept from tools, and only its password is a secret (runtime/host.py)
         if name in wanted or (is_secret_name(name) and name not in shared):
             register(value)
 

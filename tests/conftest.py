@@ -13,6 +13,9 @@ from kode_rpc.client import RpcClient
 
 from .fakes import FakeServer
 
+pytest_plugins = ["tests.pg"]
+"""`KODE_TEST_STORE=postgres|json|sqlite` runs every test's servers on a fresh store of that kind."""
+
 Spawn = Callable[..., Awaitable[RpcClient]]
 
 

@@ -51,6 +51,12 @@ class ServerInfo(WireModel):
     version: str
 
 
+class StoreInfo(WireModel):
+    type: Literal["sqlite", "postgres", "json"]
+    url: str
+    """The store URL with any password masked as `***`."""
+
+
 class ServerCapabilities(WireModel):
     providers: list[str]
     tools: list[str]
@@ -64,6 +70,7 @@ class InitializeResult(WireModel):
     server_info: ServerInfo
     capabilities: ServerCapabilities
     data_dir: str
+    store: StoreInfo | None = None
 
 
 class PoolStats(WireModel):
@@ -98,6 +105,8 @@ class TemplatesChanged(TemplatesResult):
 class DatabaseHealth(WireModel):
     connected: bool
     latency_ms: float
+    error: str | None = None
+    """Why the database is not connected (never a password)."""
 
 
 class FileSystemHealth(WireModel):

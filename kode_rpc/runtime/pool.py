@@ -140,17 +140,16 @@ class AgentPool:
 
     async def _load(self, agent_id: str, subscriber: Subscriber | None, recover: bool) -> Agent:
         store = self.svc.store
-        row = await store.get_agent(agent_id)
-        if row is None:
-            raise NotFound("agent", agent_id)
         await self._make_room()
-        await self._lease(agent_id)
+        await self._lease(agent_id)  # first: what we read next cannot change under us
         try:
-            messages, _ = await store.load_messages(agent_id)
-            todos = await store.get_todos(agent_id)
+            snap = await store.load_agent_snapshot(agent_id)  # one read (one round trip on PostgreSQL)
+            if snap is None:
+                raise NotFound("agent", agent_id)
             msgs = [{"index": m.index, "role": m.role, "content": m.content, "turnId": m.turn_id,
-                     "createdAt": m.created_at} for m in messages]
-            agent = self._admit(row, msgs, todos, subscriber)
+                     "createdAt": m.created_at} for m in snap.messages]
+            agent = self._admit(snap.row, msgs, snap.todos, subscriber)
+            agent.loaded = snap  # recover() reads turns, calls, approvals, recent events from it
         except BaseException:
             await store.release_lease(agent_id, self.owner)
             raise
@@ -281,9 +280,17 @@ class AgentPool:
             await asyncio.sleep(interval)
             if self.agents:
                 try:
-                    await self.svc.store.renew_leases(list(self.agents), self.owner, self.settings.lease_ttl_s)
-                except Exception:
-                    log.exception("lease renewal failed")
+                    lost = await self.svc.store.renew_leases(list(self.agents), self.owner, self.settings.lease_ttl_s)
+                except Exception as exc:
+                    log.warning("lease renewal failed: %s", exc)
+                    continue
+                for agent_id in lost or []:  # another server took it (e.g. during a database outage)
+                    agent = self.agents.pop(agent_id, None)
+                    if agent is not None:
+                        log.warning("agent %s is run by another server now; dropping it", agent_id)
+                        self.svc.events.unregister(agent_id)
+                        self.hibernated.add(agent_id)
+                        asyncio.ensure_future(agent.shells.kill_all())
 
 
 def idle_ms(updated_at: str) -> int:

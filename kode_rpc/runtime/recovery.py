@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..protocol import events as ev
 from ..protocol.events import ToolCall
-from ..store.base import ToolCallRow
+from ..store.base import AgentSnapshot, ToolCallRow
 from ..tools.base import ToolResult
 from .records import CallRun, Turn
 
@@ -29,16 +29,21 @@ SEALED_ERROR = "the server stopped while this call was running; it was sealed on
 class Recovery:
     """The crash-recovery part of an `Agent`."""
 
+    loaded: AgentSnapshot | None = None
+    """What the pool read when it loaded the agent; recover() uses it once instead of re-reading."""
+
     async def recover(self, strategy: str) -> tuple[list[str], Callable[[], None]]:
         """Rebuild an unfinished turn after a crash; returns sealed call ids and the
         work to start once the `agent/resume` response is out (re-issued approvals,
         ending or continuing the turn, queued turns)."""
         self.recovered = True
         store = self.svc.store
-        turns = await store.load_turns(self.id, ["queued", "running"])
+        snap, self.loaded = self.loaded, None  # read when the agent was loaded (pool._load)
+        turns = snap.turns if snap is not None else await store.load_turns(self.id, ["queued", "running"])
         running = [t for t in turns if t.status == "running"]
         if running:
-            recent = await store.read_events(self.id, max(0, self.svc.events.last_seq(self.id) - 20))
+            recent = snap.recent_events if snap is not None else await store.read_events(
+                self.id, max(0, self.svc.events.last_seq(self.id) - 20))
             ended = {e.turn_id for e in recent if e.type == "done"}
             for row in [t for t in running if t.turn_id in ended]:  # died right after its done
                 row.status = "done"
@@ -54,8 +59,10 @@ class Recovery:
         row = running[-1]
         turn = Turn(row, asyncio.get_running_loop().create_future())
         self.turns[turn.id] = turn
-        records = {r.call_id: r for r in await store.load_tool_calls(self.id, row.turn_id)}
-        approvals = {a.call_id: a for a in await store.load_approvals(self.id, "pending") if a.turn_id == row.turn_id}
+        calls = snap.calls_of(row.turn_id) if snap is not None else await store.load_tool_calls(self.id, row.turn_id)
+        pending = snap.pending_approvals if snap is not None else await store.load_approvals(self.id, "pending")
+        records = {r.call_id: r for r in calls}
+        approvals = {a.call_id: a for a in pending if a.turn_id == row.turn_id}
         runs = self._calls_of_last_step(turn, records)
         sealed: list[str] = []
         if strategy == "crash" or approvals:

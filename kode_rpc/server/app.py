@@ -18,7 +18,8 @@ from ..config import load_settings
 from ..logs import setup_logging
 from ..sandbox.process import kill_all
 from ..runtime.host import open_runtime
-from ..store.sqlite import pid_alive
+from ..store.base import StoreError
+from ..store.lease import pid_alive
 from .handlers import Session
 from .rpc import Connection, Output, start_stdin_reader, take_stdout
 
@@ -120,6 +121,9 @@ def serve(data_dir: str | None, framing: str, log_level: str, max_agents: int | 
     app = App(resolve_data_dir(data_dir), framing, max_agents)
     try:
         code = asyncio.run(app.run(proto_out))
+    except (StoreError, ValueError) as exc:  # a bad URL, a newer schema, a JSON folder in use: say so, exit 1
+        log.error("cannot open the store: %s", exc)
+        code = 1
     except Exception:
         log.exception("server failed")
         code = 1

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from ..protocol.errors import INTERNAL_ERROR, REQUEST_CANCELLED, RpcError, invalid_params
 from ..protocol.methods import METHODS, Method
 from ..runtime.errors import RuntimeFault
-from .errors import to_rpc
+from .errors import store_fault, to_rpc
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,11 @@ class Dispatcher:
             self._send_error(msg_id, to_rpc(exc))
             return False
         except Exception as exc:
+            fault = store_fault(exc)
+            if fault is not None:
+                log.warning("%s (request %r): %s", method.name, msg_id, exc)
+                self._send_error(msg_id, to_rpc(fault))
+                return False
             log.error("internal error in %s (request %r)", method.name, msg_id, exc_info=exc)
             self._send_error(msg_id, RpcError(INTERNAL_ERROR, f"internal error: {type(exc).__name__}", "internal"))
             return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..protocol.errors import AGENT_LOCKED, APPROVAL_NOT_PENDING, INVALID_PARAMS, NOT_FOUND, OVERLOADED, RpcError
 from ..runtime import errors as e
+from ..store.base import LeaseHeld, StoreUnavailable
 
 _CODES: list[tuple[type[e.RuntimeFault], int]] = [
     (e.NotFound, NOT_FOUND),
@@ -20,3 +21,12 @@ def to_rpc(fault: e.RuntimeFault) -> RpcError:
     if code is None:
         raise TypeError(f"no error code for {type(fault).__name__}")
     return RpcError(code, fault.message, fault.reason, **fault.data)
+
+
+def store_fault(exc: BaseException) -> e.RuntimeFault | None:
+    """A store failure that reached a handler, as the fault the contract names (None: not one)."""
+    if isinstance(exc, StoreUnavailable):
+        return e.Unavailable(f"the store is unavailable: {exc}", "store_unavailable")
+    if isinstance(exc, LeaseHeld):
+        return e.AgentLocked(exc.agent_id, exc.pid, exc.host)
+    return None

@@ -26,6 +26,7 @@ from ..runtime.metrics import Metrics
 from ..runtime.service import RuntimeService, content_of
 from ..runtime.templates import TemplateRegistry
 from ..protocol.methods import METHODS
+from ..store.url import STORE_TYPES
 from .dispatch import AfterResponse, RawResult
 from .rpc import Connection
 
@@ -90,8 +91,9 @@ class Session:
         return s.InitializeResult(
             server_info=s.ServerInfo(version=__version__),
             capabilities=s.ServerCapabilities(providers=list(AVAILABLE), tools=sorted(builtin_tools()),
-                                              stores=[self.store.name], acp=True),
+                                              stores=list(STORE_TYPES), acp=True),
             data_dir=self.data_dir,
+            store=s.StoreInfo(type=self.store.name, url=self.store.display_url),  # type: ignore[arg-type]
         )
 
     async def h_shutdown(self, p: s.Empty) -> None:
@@ -166,16 +168,16 @@ class Session:
         self.conn.notify("templates/changed", s.TemplatesChanged(**templates_result(self.pool.templates).model_dump()).wire())
 
     async def h_store_health(self, p: s.Empty) -> s.StoreHealth:
-        return s.StoreHealth.model_validate(await self.store.health())
+        return await self.store.check_health()
 
     async def h_store_consistency(self, p: s.ConsistencyParams) -> s.ConsistencyResult:
         return s.ConsistencyResult.model_validate(await self.service.consistency(p.agent_id))
 
     async def h_store_metrics(self, p: s.Empty) -> s.StoreMetrics:
-        return s.StoreMetrics.model_validate(await self.store.metrics())
+        return await self.store.collect_metrics()
 
     async def h_metrics_prometheus(self, p: s.Empty) -> s.PrometheusResult:
-        stored = (await self.store.metrics())["storage"]["totalAgents"]
+        stored = (await self.store.collect_metrics()).storage.total_agents
         return s.PrometheusResult(content_type="text/plain; version=0.0.4",
                                   text=self.metrics.exposition(self.pool.stats(), stored))
 

@@ -409,6 +409,7 @@ export interface ContextCompression {
 export interface DatabaseHealth {
   connected: boolean;
   latencyMs: number;
+  error?: string | null;
 }
 
 export interface DecideParams {
@@ -689,6 +690,7 @@ export interface InitializeResult {
   serverInfo: ServerInfo;
   capabilities: ServerCapabilities;
   dataDir: string;
+  store?: StoreInfo | null;
 }
 
 export interface ServerInfo {
@@ -702,6 +704,11 @@ export interface ServerCapabilities {
   stores: string[];
   framings?: string[];
   acp?: boolean;
+}
+
+export interface StoreInfo {
+  type: "sqlite" | "postgres" | "json";
+  url: string;
 }
 
 export interface InterruptParams {
