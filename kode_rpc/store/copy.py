@@ -90,7 +90,7 @@ def run_copy(source_url: str, target_url: str, agent_ids: list[str] | None) -> i
                     sys.stderr.write(f"kode-rpc store copy: cannot open {mask_url(url)}: {exc}\n")
                     return 1
                 opened.append(store)
-            report = await copy_agents(source, target, agent_ids, lambda line: print(line, flush=True))
+            report = await copy_agents(source, target, agent_ids, _say)
         finally:
             for store in opened:
                 await store.close()
@@ -99,3 +99,9 @@ def run_copy(source_url: str, target_url: str, agent_ids: list[str] | None) -> i
         return 1 if report.missing else 0
 
     return asyncio.run(main())
+
+
+def _say(line: str) -> None:
+    """One line of the command's report on stdout (`store copy` is a CLI, not the server)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
