@@ -17,6 +17,33 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# The tables' columns, shared by the SQL backends (SQLite and PostgreSQL keep one schema shape).
+AGENT_COLUMNS = (
+    "agent_id, template_id, created_at, updated_at, state, last_seq, message_count, "
+    "config_json, runtime_json, metadata_json"
+)
+EVENT_COLUMNS = "agent_id, seq, ts, channel, turn_id, type, json"
+MESSAGE_COLUMNS = "agent_id, idx, role, content_json, turn_id, created_at"
+TOOL_COLUMNS = (
+    "agent_id, call_id, turn_id, step, name, input_json, state, result_json, error, "
+    "started_at, duration_ms, updated_at"
+)
+APPROVAL_COLUMNS = (
+    "agent_id, approval_id, call_id, turn_id, status, request_json, created_at, decided_by, note, decided_at"
+)
+TURN_COLUMNS = "agent_id, turn_id, message_index, status, created_at, step, reason, message_json"
+UPDATE_FIELDS: dict[str, tuple[str, bool]] = {  # keys: base.AgentFields
+    "state": ("state", False),
+    "updated_at": ("updated_at", False),
+    "last_seq": ("last_seq", False),
+    "message_count": ("message_count", False),
+    "config": ("config_json", True),
+    "runtime": ("runtime_json", True),
+    "metadata": ("metadata_json", True),
+}
+"""update_agent key -> (column, JSON-encoded)."""
+
+
 def dumps(value: Any) -> str:
     """Compact JSON, non-ASCII kept as is (smaller rows, readable by hand)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

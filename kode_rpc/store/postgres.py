@@ -73,7 +73,21 @@ from .base import (
     TurnRow,
     check_agent_fields,
 )
-from .common import WriterStore, dumps, health_model, metrics_model, prefix_upper_bound, utc_now_iso
+from .common import (
+    AGENT_COLUMNS,
+    APPROVAL_COLUMNS,
+    EVENT_COLUMNS,
+    MESSAGE_COLUMNS,
+    TOOL_COLUMNS,
+    TURN_COLUMNS,
+    UPDATE_FIELDS,
+    WriterStore,
+    dumps,
+    health_model,
+    metrics_model,
+    prefix_upper_bound,
+    utc_now_iso,
+)
 from .consistency import ConsistencyView
 from .lease import lease_is_free, pid_alive
 from .url import mask_url, url_password
@@ -215,52 +229,28 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 # ------------------------------------------------------------------ row coding
 
-_AGENT_COLUMNS = (
-    "agent_id, template_id, created_at, updated_at, state, last_seq, message_count, "
-    "config_json, runtime_json, metadata_json"
-)
-_EVENT_COLUMNS = "agent_id, seq, ts, channel, turn_id, type, json"
-_MESSAGE_COLUMNS = "agent_id, idx, role, content_json, turn_id, created_at"
-_TOOL_COLUMNS = (
-    "agent_id, call_id, turn_id, step, name, input_json, state, result_json, error, "
-    "started_at, duration_ms, updated_at"
-)
-_APPROVAL_COLUMNS = (
-    "agent_id, approval_id, call_id, turn_id, status, request_json, created_at, decided_by, note, decided_at"
-)
-_TURN_COLUMNS = "agent_id, turn_id, message_index, status, created_at, step, reason, message_json"
 
-_UPDATE_FIELDS: dict[str, tuple[str, bool]] = {  # keys: base.AgentFields
-    "state": ("state", False),
-    "updated_at": ("updated_at", False),
-    "last_seq": ("last_seq", False),
-    "message_count": ("message_count", False),
-    "config": ("config_json", True),
-    "runtime": ("runtime_json", True),
-    "metadata": ("metadata_json", True),
-}
-
-_INSERT_AGENT = f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) " \
+_INSERT_AGENT = f"INSERT INTO agents ({AGENT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) " \
                 "ON CONFLICT (agent_id) DO NOTHING RETURNING 1"
-_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s)"
-_INSERT_MESSAGE = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s)"
+_INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s)"
+_INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s)"
 _INSERT_AUDIT = "INSERT INTO tool_audit (agent_id, call_id, ts, state, note) VALUES (%s,%s,%s,%s,%s)"
 _UPSERT_TOOL = (
-    f"INSERT INTO tool_calls ({_TOOL_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+    f"INSERT INTO tool_calls ({TOOL_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
     "ON CONFLICT (agent_id, call_id) DO UPDATE SET turn_id = EXCLUDED.turn_id, step = EXCLUDED.step, "
     "name = EXCLUDED.name, input_json = EXCLUDED.input_json, state = EXCLUDED.state, "
     "result_json = EXCLUDED.result_json, error = EXCLUDED.error, started_at = EXCLUDED.started_at, "
     "duration_ms = EXCLUDED.duration_ms, updated_at = EXCLUDED.updated_at"
 )
 _UPSERT_APPROVAL = (
-    f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+    f"INSERT INTO approvals ({APPROVAL_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
     "ON CONFLICT (approval_id) DO UPDATE SET agent_id = EXCLUDED.agent_id, call_id = EXCLUDED.call_id, "
     "turn_id = EXCLUDED.turn_id, status = EXCLUDED.status, request_json = EXCLUDED.request_json, "
     "created_at = EXCLUDED.created_at, decided_by = EXCLUDED.decided_by, note = EXCLUDED.note, "
     "decided_at = EXCLUDED.decided_at"
 )
 _UPSERT_TURN = (
-    f"INSERT INTO turns ({_TURN_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
+    f"INSERT INTO turns ({TURN_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
     "ON CONFLICT (agent_id, turn_id) DO UPDATE SET message_index = EXCLUDED.message_index, "
     "status = EXCLUDED.status, created_at = EXCLUDED.created_at, step = EXCLUDED.step, "
     "reason = EXCLUDED.reason, message_json = EXCLUDED.message_json"
@@ -691,7 +681,7 @@ class PostgresStore(WriterStore):
         sets: list[str] = []
         params: list[Any] = []
         for key, value in fields.items():
-            column, encode = _UPDATE_FIELDS[key]
+            column, encode = UPDATE_FIELDS[key]
             sets.append(f"{column} = %s")
             params.append(dumps(value) if encode else value)
         params.append(agent_id)
@@ -1033,7 +1023,7 @@ class PostgresStore(WriterStore):
 
     async def get_agent(self, agent_id: str) -> AgentRow | None:
         def fn(conn: psycopg.Connection[Any]) -> AgentRow | None:
-            r = conn.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent_id = %s", (agent_id,)).fetchone()
+            r = conn.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE agent_id = %s", (agent_id,)).fetchone()
             return None if r is None else _agent_from(r)
 
         result: AgentRow | None = await self._read(fn, "load")
@@ -1045,14 +1035,14 @@ class PostgresStore(WriterStore):
 
         def fn(conn: psycopg.Connection[Any]) -> AgentSnapshot | None:
             agent, messages, todos, turns, calls, approvals, events = self._snapshot(conn, [
-                (f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent_id = %s", q),
-                (f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE agent_id = %s ORDER BY idx", q),
+                (f"SELECT {AGENT_COLUMNS} FROM agents WHERE agent_id = %s", q),
+                (f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE agent_id = %s ORDER BY idx", q),
                 ("SELECT todos_json FROM todos WHERE agent_id = %s", q),
-                (f"SELECT {_TURN_COLUMNS} FROM turns WHERE agent_id = %s AND status IN {_OPEN_TURNS} ORDER BY ord", q),
-                (f"SELECT {_TOOL_COLUMNS} FROM tool_calls WHERE agent_id = %s AND turn_id IN "
+                (f"SELECT {TURN_COLUMNS} FROM turns WHERE agent_id = %s AND status IN {_OPEN_TURNS} ORDER BY ord", q),
+                (f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE agent_id = %s AND turn_id IN "
                  f"(SELECT turn_id FROM turns WHERE agent_id = %s AND status IN {_OPEN_TURNS}) ORDER BY ord",
                  (agent_id, agent_id)),
-                (f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent_id = %s AND status = 'pending' ORDER BY ord",
+                (f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE agent_id = %s AND status = 'pending' ORDER BY ord",
                  q),
                 ("SELECT seq, ts, channel, turn_id, type, json FROM events WHERE agent_id = %s AND seq > "
                  "(SELECT last_seq FROM agents WHERE agent_id = %s) - %s ORDER BY seq",
@@ -1078,13 +1068,13 @@ class PostgresStore(WriterStore):
 
         def fn(conn: psycopg.Connection[Any]) -> AgentDump | None:
             agent, events, messages, calls, audit, approvals, turns, todos = self._snapshot(conn, [
-                (f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent_id = %s", q),
+                (f"SELECT {AGENT_COLUMNS} FROM agents WHERE agent_id = %s", q),
                 ("SELECT seq, ts, channel, turn_id, type, json FROM events WHERE agent_id = %s ORDER BY seq", q),
-                (f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE agent_id = %s ORDER BY idx", q),
-                (f"SELECT {_TOOL_COLUMNS} FROM tool_calls WHERE agent_id = %s ORDER BY ord", q),
+                (f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE agent_id = %s ORDER BY idx", q),
+                (f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE agent_id = %s ORDER BY ord", q),
                 ("SELECT agent_id, call_id, ts, state, note FROM tool_audit WHERE agent_id = %s ORDER BY id", q),
-                (f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent_id = %s ORDER BY ord", q),
-                (f"SELECT {_TURN_COLUMNS} FROM turns WHERE agent_id = %s ORDER BY ord", q),
+                (f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE agent_id = %s ORDER BY ord", q),
+                (f"SELECT {TURN_COLUMNS} FROM turns WHERE agent_id = %s ORDER BY ord", q),
                 ("SELECT todos_json FROM todos WHERE agent_id = %s", q),
             ])
             if not agent:
@@ -1119,7 +1109,7 @@ class PostgresStore(WriterStore):
             if upper is not None:
                 where.append("agent_id < %s")
                 params.append(upper)
-        sql = f"SELECT {_AGENT_COLUMNS} FROM agents"
+        sql = f"SELECT {AGENT_COLUMNS} FROM agents"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY agent_id LIMIT %s"
@@ -1137,7 +1127,7 @@ class PostgresStore(WriterStore):
 
     async def load_messages(self, agent_id: str, limit: int | None = None, before: int | None = None
                             ) -> tuple[list[MessageRow], int]:
-        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE agent_id = %s AND idx < %s ORDER BY idx DESC"
+        sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE agent_id = %s AND idx < %s ORDER BY idx DESC"
         params: list[Any] = [agent_id, before if before is not None else 1 << 62]
         if limit is not None:
             sql += " LIMIT %s"
@@ -1181,7 +1171,7 @@ class PostgresStore(WriterStore):
         return result
 
     async def load_tool_calls(self, agent_id: str, turn_id: str | None = None) -> list[ToolCallRow]:
-        sql = f"SELECT {_TOOL_COLUMNS} FROM tool_calls WHERE agent_id = %s"
+        sql = f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE agent_id = %s"
         params: tuple[Any, ...] = (agent_id,)
         if turn_id is not None:
             sql += " AND turn_id = %s"
@@ -1194,7 +1184,7 @@ class PostgresStore(WriterStore):
         return result
 
     async def load_approvals(self, agent_id: str, status: str | None = None) -> list[ApprovalRow]:
-        sql = f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent_id = %s"
+        sql = f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE agent_id = %s"
         params: tuple[Any, ...] = (agent_id,)
         if status is not None:
             sql += " AND status = %s"
@@ -1209,7 +1199,7 @@ class PostgresStore(WriterStore):
     async def load_turns(self, agent_id: str, statuses: list[str] | None = None) -> list[TurnRow]:
         if statuses is not None and not statuses:
             return []
-        sql = f"SELECT {_TURN_COLUMNS} FROM turns WHERE agent_id = %s"
+        sql = f"SELECT {TURN_COLUMNS} FROM turns WHERE agent_id = %s"
         params: list[Any] = [agent_id]
         if statuses is not None:
             sql += " AND status = ANY(%s)"

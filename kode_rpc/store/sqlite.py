@@ -49,7 +49,20 @@ from .base import (
     TurnRow,
     check_agent_fields,
 )
-from .common import WriterStore, dumps, health_model, metrics_model, prefix_upper_bound, utc_now_iso
+from .common import (
+    AGENT_COLUMNS,
+    APPROVAL_COLUMNS,
+    EVENT_COLUMNS,
+    TOOL_COLUMNS,
+    TURN_COLUMNS,
+    UPDATE_FIELDS,
+    WriterStore,
+    dumps,
+    health_model,
+    metrics_model,
+    prefix_upper_bound,
+    utc_now_iso,
+)
 from .consistency import FINAL_TOOL_STATES, ConsistencyView
 from .lease import lease_is_free, pid_alive
 from .writer import KIND_DELETE, BatchCounters, GroupCommitWriter, Result, WriteItem
@@ -213,30 +226,6 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 # ------------------------------------------------------------------ row coding
 
-_AGENT_COLUMNS = (
-    "agent_id, template_id, created_at, updated_at, state, last_seq, message_count, "
-    "config_json, runtime_json, metadata_json"
-)
-_EVENT_COLUMNS = "agent_id, seq, ts, channel, turn_id, type, json"
-_TOOL_COLUMNS = (
-    "agent_id, call_id, turn_id, step, name, input_json, state, result_json, error, "
-    "started_at, duration_ms, updated_at"
-)
-_APPROVAL_COLUMNS = (
-    "agent_id, approval_id, call_id, turn_id, status, request_json, created_at, decided_by, note, decided_at"
-)
-_TURN_COLUMNS = "agent_id, turn_id, message_index, status, created_at, step, reason, message_json"
-
-_UPDATE_FIELDS: dict[str, tuple[str, bool]] = {  # keys: base.AgentFields
-    "state": ("state", False),
-    "updated_at": ("updated_at", False),
-    "last_seq": ("last_seq", False),
-    "message_count": ("message_count", False),
-    "config": ("config_json", True),
-    "runtime": ("runtime_json", True),
-    "metadata": ("metadata_json", True),
-}
-"""update_agent key -> (column, JSON-encoded)."""
 
 
 def _agent_params(row: AgentRow) -> tuple[Any, ...]:
@@ -445,7 +434,7 @@ class SQLiteStore(WriterStore):
 
         def op(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
-                f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(agent_id) DO NOTHING",
                 params,
             )
@@ -464,7 +453,7 @@ class SQLiteStore(WriterStore):
         sets: list[str] = []
         params: list[Any] = []
         for key, value in fields.items():
-            column, encode = _UPDATE_FIELDS[key]
+            column, encode = UPDATE_FIELDS[key]
             sets.append(f"{column} = ?")
             params.append(dumps(value) if encode else value)
         params.append(agent_id)
@@ -500,7 +489,7 @@ class SQLiteStore(WriterStore):
                 highest[r.agent_id] = r.seq
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", params)
+            conn.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", params)
             for aid, seq in highest.items():
                 BatchCounters.raise_(self._counters.seq, aid, seq)
 
@@ -592,7 +581,7 @@ class SQLiteStore(WriterStore):
             if conn.execute("SELECT 1 FROM agents WHERE agent_id = ?", (source_id,)).fetchone() is None:
                 raise StoreError(f"no such agent: {source_id}")
             cur = conn.execute(
-                f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(agent_id) DO NOTHING",
                 params,
             )
@@ -612,7 +601,7 @@ class SQLiteStore(WriterStore):
                 ).fetchall()
             copied = [(new_id, seq, ts, channel, turn_id, type_, fork_envelope(text, new_id))
                       for seq, ts, channel, turn_id, type_, text in events]
-            conn.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", copied)
+            conn.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", copied)
             last_seq = events[-1][0] if events else 0
 
             messages = conn.execute(
@@ -651,12 +640,12 @@ class SQLiteStore(WriterStore):
 
         def op(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
-                f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(agent_id) DO NOTHING",
+                f"INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(agent_id) DO NOTHING",
                 agent,
             )
             if cur.rowcount == 0:
                 raise AgentExists(agent_id)
-            conn.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", events)
+            conn.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", events)
             conn.executemany(
                 "INSERT INTO messages (agent_id, idx, role, content_json, turn_id, created_at) VALUES (?,?,?,?,?,?)",
                 messages)
@@ -780,15 +769,15 @@ class SQLiteStore(WriterStore):
                 "SELECT agent_id, idx, role, content_json, turn_id, created_at FROM messages "
                 "WHERE agent_id = ? ORDER BY idx", (agent_id,))]
             turns = [_turn_from(r) for r in conn.execute(
-                f"SELECT {_TURN_COLUMNS} FROM turns WHERE agent_id = ? AND status IN ('queued', 'running') "
+                f"SELECT {TURN_COLUMNS} FROM turns WHERE agent_id = ? AND status IN ('queued', 'running') "
                 "ORDER BY ord", (agent_id,))]
             open_ids = {t.turn_id for t in turns}
             calls = [_tool_from(r) for r in conn.execute(
-                f"SELECT {_TOOL_COLUMNS} FROM tool_calls WHERE agent_id = ? AND turn_id IN "
+                f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE agent_id = ? AND turn_id IN "
                 "(SELECT turn_id FROM turns WHERE agent_id = ? AND status IN ('queued', 'running')) ORDER BY rowid",
                 (agent_id, agent_id))] if open_ids else []
             approvals = [_approval_from(r) for r in conn.execute(
-                f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent_id = ? AND status = 'pending' ORDER BY rowid",
+                f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE agent_id = ? AND status = 'pending' ORDER BY rowid",
                 (agent_id,))]
             events = [EventRow(agent_id, *r) for r in conn.execute(
                 "SELECT seq, ts, channel, turn_id, type, json FROM events WHERE agent_id = ? AND seq > ? ORDER BY seq",
@@ -812,13 +801,13 @@ class SQLiteStore(WriterStore):
                     "SELECT agent_id, idx, role, content_json, turn_id, created_at FROM messages "
                     "WHERE agent_id = ? ORDER BY idx", q)],
                 tool_calls=[_tool_from(r) for r in conn.execute(
-                    f"SELECT {_TOOL_COLUMNS} FROM tool_calls WHERE agent_id = ? ORDER BY rowid", q)],
+                    f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE agent_id = ? ORDER BY rowid", q)],
                 tool_audit=[ToolAuditRow(*r) for r in conn.execute(
                     "SELECT agent_id, call_id, ts, state, note FROM tool_audit WHERE agent_id = ? ORDER BY id", q)],
                 approvals=[_approval_from(r) for r in conn.execute(
-                    f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent_id = ? ORDER BY rowid", q)],
+                    f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE agent_id = ? ORDER BY rowid", q)],
                 turns=[_turn_from(r) for r in conn.execute(
-                    f"SELECT {_TURN_COLUMNS} FROM turns WHERE agent_id = ? ORDER BY ord", q)],
+                    f"SELECT {TURN_COLUMNS} FROM turns WHERE agent_id = ? ORDER BY ord", q)],
                 todos=_todos(conn, agent_id),
             )
 
@@ -843,7 +832,7 @@ class SQLiteStore(WriterStore):
             if upper is not None:
                 where.append("agent_id < ?")
                 params.append(upper)
-        sql = f"SELECT {_AGENT_COLUMNS} FROM agents"
+        sql = f"SELECT {AGENT_COLUMNS} FROM agents"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY agent_id LIMIT ?"
@@ -912,9 +901,9 @@ class SQLiteStore(WriterStore):
     async def load_tool_calls(self, agent_id: str, turn_id: str | None = None) -> list[ToolCallRow]:
         """In creation order (an upsert keeps the call's position)."""
         if turn_id is None:
-            sql, params = f"SELECT {_TOOL_COLUMNS} FROM tool_calls WHERE agent_id = ? ORDER BY rowid", (agent_id,)
+            sql, params = f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE agent_id = ? ORDER BY rowid", (agent_id,)
         else:
-            sql = f"SELECT {_TOOL_COLUMNS} FROM tool_calls WHERE agent_id = ? AND turn_id = ? ORDER BY rowid"
+            sql = f"SELECT {TOOL_COLUMNS} FROM tool_calls WHERE agent_id = ? AND turn_id = ? ORDER BY rowid"
             params = (agent_id, turn_id)
 
         def fn(conn: sqlite3.Connection) -> list[ToolCallRow]:
@@ -926,9 +915,9 @@ class SQLiteStore(WriterStore):
     async def load_approvals(self, agent_id: str, status: str | None = None) -> list[ApprovalRow]:
         """In creation order, optionally only those with `status`."""
         if status is None:
-            sql, params = f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent_id = ? ORDER BY rowid", (agent_id,)
+            sql, params = f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE agent_id = ? ORDER BY rowid", (agent_id,)
         else:
-            sql = f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE agent_id = ? AND status = ? ORDER BY rowid"
+            sql = f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE agent_id = ? AND status = ? ORDER BY rowid"
             params = (agent_id, status)
 
         def fn(conn: sqlite3.Connection) -> list[ApprovalRow]:
@@ -941,7 +930,7 @@ class SQLiteStore(WriterStore):
         """In creation order (first `put_turn` of each turn), optionally filtered by status."""
         if statuses is not None and not statuses:
             return []
-        sql = f"SELECT {_TURN_COLUMNS} FROM turns WHERE agent_id = ?"
+        sql = f"SELECT {TURN_COLUMNS} FROM turns WHERE agent_id = ?"
         params: list[Any] = [agent_id]
         if statuses is not None:
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
@@ -1052,7 +1041,7 @@ class SQLiteStore(WriterStore):
 # ------------------------------------------------------------------ helpers
 
 _UPSERT_TOOL = (
-    f"INSERT INTO tool_calls ({_TOOL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO tool_calls ({TOOL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT(agent_id, call_id) DO UPDATE SET turn_id = excluded.turn_id, "
     "step = excluded.step, name = excluded.name, input_json = excluded.input_json, "
     "state = excluded.state, result_json = excluded.result_json, error = excluded.error, "
@@ -1060,14 +1049,14 @@ _UPSERT_TOOL = (
     "updated_at = excluded.updated_at"
 )
 _UPSERT_APPROVAL = (
-    f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO approvals ({APPROVAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT(approval_id) DO UPDATE SET agent_id = excluded.agent_id, "
     "call_id = excluded.call_id, turn_id = excluded.turn_id, status = excluded.status, "
     "request_json = excluded.request_json, created_at = excluded.created_at, "
     "decided_by = excluded.decided_by, note = excluded.note, decided_at = excluded.decided_at"
 )
 _UPSERT_TURN = (
-    f"INSERT INTO turns ({_TURN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) "
+    f"INSERT INTO turns ({TURN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) "
     "ON CONFLICT(agent_id, turn_id) DO UPDATE SET message_index = excluded.message_index, "
     "status = excluded.status, created_at = excluded.created_at, step = excluded.step, "
     "reason = excluded.reason, message_json = excluded.message_json"
@@ -1099,7 +1088,7 @@ def _turn_params(row: TurnRow) -> tuple[Any, ...]:
 
 
 def _get_agent(conn: sqlite3.Connection, agent_id: str) -> AgentRow | None:
-    r = conn.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+    r = conn.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
     return None if r is None else _agent_from(r)
 
 
