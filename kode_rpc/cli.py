@@ -21,6 +21,10 @@ FRAMINGS = ("content-length", "ndjson")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+HTTP_HELP = ("serve GET /health, /ready and /metrics over HTTP for a process manager on [HOST:]PORT "
+             "(host default 127.0.0.1; port 0: a free one, logged to stderr); default: [http] listen in "
+             "config.toml, else off")
+
 STORE_HELP = ("store URL: sqlite:///abs/kode.db, postgresql://user@host/db, json:///abs/dir "
               "(default: env KODE_STORE, else [store] url in config.toml, else sqlite://<data dir>/kode.db)")
 
@@ -31,6 +35,24 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--framing", choices=list(FRAMINGS), default="content-length")
     p.add_argument("--log-level", default="INFO", choices=list(LOG_LEVELS), type=str.upper)
     p.add_argument("--max-agents", type=int, default=None, help="agents kept in memory (default 50)")
+    _http_arg(p)
+
+
+def _http_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http", metavar="[HOST:]PORT", type=_listen_value, default=None, help=HTTP_HELP)
+
+
+def _listen_value(value: str) -> str:
+    """argparse `type` for `--http`: checked here (a clear usage error), kept as written."""
+    import argparse
+
+    from .config import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def _fast_serve_args(argv: list[str]) -> dict[str, Any] | None:
@@ -40,11 +62,11 @@ def _fast_serve_args(argv: list[str]) -> dict[str, Any] | None:
     if not argv or argv[0] != "serve":
         return None
     opts: dict[str, Any] = {"data_dir": None, "framing": "content-length", "log_level": "INFO", "max_agents": None}
-    # "store" is set only when given (`--store`), so the usual command lines read as before.
+    # "store" and "http" are set only when given, so the usual command lines read as before.
     rest = argv[1:]
     while rest:
         flag, eq, value = rest[0].partition("=")
-        if flag not in ("--data-dir", "--framing", "--log-level", "--max-agents", "--store"):
+        if flag not in ("--data-dir", "--framing", "--log-level", "--max-agents", "--store", "--http"):
             return None
         if not eq:
             if len(rest) < 2 or rest[1].startswith("-"):
@@ -55,6 +77,14 @@ def _fast_serve_args(argv: list[str]) -> dict[str, Any] | None:
             opts["data_dir"] = value
         elif flag == "--store":
             opts["store"] = value
+        elif flag == "--http":
+            from .config import parse_listen
+
+            try:
+                parse_listen(value)
+            except ValueError:
+                return None  # argparse says what is wrong
+            opts["http"] = value
         elif flag == "--framing":
             if value not in FRAMINGS:
                 return None
@@ -92,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     acp.add_argument("--data-dir")
     acp.add_argument("--store", metavar="URL", help=STORE_HELP)
     acp.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _http_arg(acp)
     sub.add_parser("schema", help="print the JSON Schema of the whole protocol")
     doctor = sub.add_parser("doctor", help="check paths, database, configured providers (exit 1 on problems)")
     doctor.add_argument("--data-dir")
@@ -125,19 +156,19 @@ def main(argv: list[str] | None = None) -> int:
         from .server.app import serve
 
         _use_store(fast.get("store"))
-        return serve(fast["data_dir"], fast["framing"], fast["log_level"], fast["max_agents"])
+        return serve(fast["data_dir"], fast["framing"], fast["log_level"], fast["max_agents"], fast.get("http"))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
         from .server.app import serve
 
         _use_store(args.store)
-        return serve(args.data_dir, args.framing, args.log_level, args.max_agents)
+        return serve(args.data_dir, args.framing, args.log_level, args.max_agents, args.http)
     if args.command == "acp":
         from .acp.app import serve_acp
 
         _use_store(args.store)
-        return serve_acp(args.data_dir, args.log_level)
+        return serve_acp(args.data_dir, args.log_level, args.http)
     if args.command == "schema":
         import json
 

@@ -84,6 +84,9 @@ class Settings:
     mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
     """`[mcp_servers.<name>]`: MCP servers every agent gets (wire shape, camelCase keys;
     checked when an agent connects: a bad entry is that server's `failed` status)."""
+    http_listen: str | None = None
+    """`[http] listen = "[HOST:]PORT"`: where `serve --http` listens when the flag is not given
+    (None: no HTTP endpoint, the default). Checked by `parse_listen`; a bad value is in `errors`."""
 
     def key_env_names(self) -> list[str]:
         """Variables the configured providers and default model read keys from."""
@@ -185,4 +188,44 @@ def load_settings() -> Settings:
             errors.append(f"[mcp_servers.{name}] must be a table with a name of letters, digits, '_' and '-'")
             continue
         mcp_servers[name] = _camel(cfg)  # top-level keys only: env and header names stay as written
-    return Settings(model, source, max_agents, providers, retry, prices, debug, errors, env_allow, mcp_servers)
+    http = data.get("http") or {}
+    http_listen = http.get("listen") if isinstance(http, dict) else None
+    if http_listen is not None:
+        try:
+            parse_listen(http_listen)
+        except ValueError as exc:
+            errors.append(f"[http] listen: {exc}")
+    return Settings(model, source, max_agents, providers, retry, prices, debug, errors, env_allow, mcp_servers,
+                    http_listen)
+
+
+def http_listen(flag: str | None, settings: Settings) -> tuple[str, int] | None:
+    """Where the HTTP endpoint listens: `--http`, else `[http] listen`, else nowhere (None).
+    Raises ValueError for a value that is not `[HOST:]PORT`: the server then exits 1 rather
+    than run without the health check its process manager expects."""
+    value = flag if flag is not None else settings.http_listen
+    return None if value is None else parse_listen(value)
+
+
+def parse_listen(value: object) -> tuple[str, int]:
+    """`[HOST:]PORT` (`--http`, `[http] listen`) -> (host, port). The host defaults to 127.0.0.1:
+    the endpoint is for a process manager on the same machine unless someone says otherwise.
+    An IPv6 host is written in brackets (`[::1]:9464`); port 0 picks a free port."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `listen = 9464` in TOML
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected [HOST:]PORT, got {value!r}")
+    text = value.strip()
+    host, port = "127.0.0.1", text
+    if text.startswith("["):
+        end = text.find("]:")
+        if end < 0:
+            raise ValueError(f"expected [IPV6]:PORT, got {value!r}")
+        host, port = text[1:end], text[end + 2:]
+    elif ":" in text:
+        host, port = text.rsplit(":", 1)
+        if ":" in host:
+            raise ValueError(f"an IPv6 host goes in brackets ([::1]:PORT), got {value!r}")
+    if not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected [HOST:]PORT with a port from 0 to 65535, got {value!r}")
+    return host, int(port)

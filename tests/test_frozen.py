@@ -420,3 +420,36 @@ async def test_watchfiles_reports_external_changes_frozen(spawn: Spawn, home: Pa
         got = await c.wait_for(seen, 10)
     assert got["by"] == "external" and got["change"] in ("added", "modified"), got
     assert await c.close() == 0 and c.stray == b""
+
+
+async def test_http_serves_metrics_frozen(spawn: Spawn, tmp_path: Path) -> None:
+    """`--http` from the binary: the bundle carries prometheus_client (imported only on the
+    first scrape, so PyInstaller must have been told), and GET /metrics is the RPC's text."""
+    import http.client
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    c = await spawn("--http", "127.0.0.1:0")
+    await c.request("agent/create", {"agentId": "m", "model": {"provider": "echo"}})
+    assert (await c.request("agent/complete", {"agentId": "m", "text": "count"}, timeout=RUN_TIMEOUT))["status"] == "ok"
+    port = int(re.findall(r"http: listening on http://127\.0\.0\.1:(\d+) ", stderr_of(tmp_path))[0])
+
+    def get(path: str) -> tuple[int, str, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=RUN_TIMEOUT)
+        try:
+            conn.request("GET", path)
+            res = conn.getresponse()
+            return res.status, res.getheader("Content-Type") or "", res.read()
+        finally:
+            conn.close()
+
+    status, content_type, body = await asyncio.to_thread(get, "/metrics")
+    prom = await c.request("metrics/prometheus")
+    assert status == 200 and content_type == prom["contentType"] and body.decode() == prom["text"], stderr_of(tmp_path)
+    turns = {s.labels["reason"]: s.value for f in text_string_to_metric_families(body.decode())
+             if f.name == "kode_turns" for s in f.samples}
+    assert turns["completed"] == 1, turns
+    status, content_type, body = await asyncio.to_thread(get, "/health")
+    assert status == 200 and json.loads(body)["healthy"] is True
+    assert await c.close() == 0 and c.stray == b""

@@ -7,6 +7,7 @@ with `scripted` (text and one `fs_read`), then shut down. After it exits, its im
 log must not name the network stack, the retry library or packages the server no
 longer uses: they load when a real provider is first called (`providers/http.py`,
 `providers/retry.py` on a retried failure), never for the offline providers.
+`prometheus_client` loads on the first `metrics/prometheus` or `GET /metrics`.
 
 `ssl` is the one exception, and only when asyncio imported it: `asyncio.base_events`
 imports `ssl` itself (CPython's own `try: import ssl`), so any asyncio program has it.
@@ -29,7 +30,7 @@ import pytest
 from kode_rpc.cli import _fast_serve_args, build_parser
 from kode_rpc.client import RpcClient
 
-NOT_ON_START = ("httpx", "httpx_sse", "tenacity", "mcp", "psycopg", "pygls", "lsprotocol", "ssl")
+NOT_ON_START = ("httpx", "httpx_sse", "tenacity", "mcp", "psycopg", "pygls", "lsprotocol", "ssl", "prometheus_client")
 """Top-level packages that must not be imported by start-up and offline turns."""
 IMPORTED_BY_ASYNCIO = ("ssl",)
 """Allowed only when their importer is asyncio itself (see the module docstring)."""
@@ -139,18 +140,25 @@ async def test_start_and_offline_turns_import_no_network_or_retry_stack(
     ["serve", "--data-dir", "/tmp/x y", "--max-agents", "7"],
     ["serve", "--data-dir=", "--max-agents=07", "--log-level=warning"],
     ["serve", "--data-dir=a=b", "--data-dir", "c"],
+    ["serve", "--http", "9464"],
+    ["serve", "--http=0.0.0.0:0", "--framing", "ndjson"],
+    ["serve", "--http", "[::1]:80"],
 ])
 def test_fast_serve_args_match_argparse(argv: list[str]) -> None:
     fast = _fast_serve_args(argv)
     args = vars(build_parser().parse_args(argv))
     assert fast is not None
-    assert fast == {k: args[k] for k in ("data_dir", "framing", "log_level", "max_agents")}
+    expected = {k: args[k] for k in ("data_dir", "framing", "log_level", "max_agents")}
+    if args["http"] is not None:  # set only when given, like --store
+        expected["http"] = args["http"]
+    assert fast == expected
 
 
 @pytest.mark.parametrize("argv", [
     [], ["chat"], ["serve", "-h"], ["serve", "--help"], ["serve", "--data"], ["serve", "--framing", "lsp"],
     ["serve", "--framing"], ["serve", "--data-dir", "--framing", "ndjson"], ["serve", "--max-agents", "-1"],
     ["serve", "--max-agents", "x"], ["serve", "--log-level", "trace"], ["serve", "extra"], ["serve", "--"],
+    ["serve", "--http"], ["serve", "--http", "65536"], ["serve", "--http", "host:"], ["serve", "--http=::1:80"],
 ])
 def test_fast_serve_args_leave_the_rest_to_argparse(argv: list[str]) -> None:
     assert _fast_serve_args(argv) is None

@@ -6,6 +6,8 @@ while framing and stdio are the server's own (`transport.py`): lines up to 64 Mi
 stdout carrying frames only (fd 1 itself points at stderr).
 stdin EOF, SIGTERM and SIGINT end the process through one graceful shutdown
 (turns interrupted, pending approvals kept, tool process trees killed), exit 0.
+`--http` / `[http] listen` serve the same read-only HTTP endpoint as `kode-rpc serve`
+(`server/http.py`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import logging
 import os
 import signal
 import sys
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from ..config import data_dir as resolve_data_dir
-from ..config import load_settings
+from ..config import http_listen, load_settings
 from ..logs import setup_logging
 from ..runtime.host import open_runtime
 from ..sandbox.process import kill_all
@@ -26,12 +28,19 @@ from ..server.rpc import take_stdout
 
 log = logging.getLogger(__name__)
 
-async def _main(data_dir: str, proto_out: BinaryIO) -> int:
+async def _main(data_dir: str, proto_out: BinaryIO, listen: tuple[str, int] | None = None) -> int:
     from acp import AgentSideConnection
 
     from .agent import KodeAcpAgent
     from .transport import StdioTransport
 
+    http = None
+    if listen is not None:  # bound before the store opens: a port in use is exit 1 at once
+        from ..server.http import bind_http
+
+        http = await bind_http(*listen)
+        if http is None:
+            return 1
     runtime = await open_runtime(data_dir)
     agent = KodeAcpAgent(runtime)
     stopped = False
@@ -41,6 +50,8 @@ async def _main(data_dir: str, proto_out: BinaryIO) -> int:
         nonlocal stopped
         if not stopped:
             stopped = True
+            if http is not None:
+                http.drain()
             try:
                 await runtime.close()
             except Exception:
@@ -56,27 +67,41 @@ async def _main(data_dir: str, proto_out: BinaryIO) -> int:
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(transport.eof))
     transport.start()
     log.info("kode-rpc acp serving, data dir %s", data_dir)
+    if http is not None:
+        await http.start(runtime)
     try:
         await conn.listen()
     except Exception:
         log.exception("the ACP connection failed")
     await stop_work()
     await agent.close()
+    if http is not None:
+        await http.close()  # before the store it reads goes away
     kill_all()
     await runtime.close_store()
     await transport.close()
     return 0
 
 
-def serve_acp(data_dir: str | None, log_level: str) -> int:
+def serve_acp(data_dir: str | None, log_level: str, http: str | None = None) -> NoReturn:
     proto_out = take_stdout()
-    debug = load_settings().debug
+    settings = load_settings()
+    debug = settings.debug
     setup_logging("DEBUG" if debug.verbose else log_level, debug.redact_sensitive)
     try:
-        code = asyncio.run(_main(resolve_data_dir(data_dir), proto_out))
+        listen = http_listen(http, settings)
+    except ValueError as exc:  # `[http] listen` is not [HOST:]PORT (`--http` was checked by argparse)
+        log.error("--http / [http] listen: %s", exc)
+        _finish(1)
+    try:
+        code = asyncio.run(_main(resolve_data_dir(data_dir), proto_out, listen))
     except Exception:
         log.exception("kode-rpc acp failed")
         code = 1
+    _finish(code)
+
+
+def _finish(code: int) -> NoReturn:
     logging.shutdown()
     sys.stderr.flush()
     os._exit(code)

@@ -169,7 +169,27 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   counts all of the agent's messages.
 - **`metrics/prometheus`** exposes `kode_agents_total`, `kode_agents_active`,
   `kode_agents_working`, `kode_tokens_total{kind}`, `kode_errors_total{phase}`,
-  `kode_turns_total{reason}` and the histogram `kode_tool_duration_seconds`.
+  `kode_turns_total{reason}` and the histogram `kode_tool_duration_seconds`, written by
+  `prometheus-client` (values as floats, `1.0`; no `_created` series); `contentType` is its
+  `CONTENT_TYPE_LATEST`, `text/plain; version=1.0.0; charset=utf-8`. The text is exactly
+  what `GET /metrics` serves. When the store cannot count its agents it is `-32001`
+  (`store_unavailable`).
+- **`--http [HOST:]PORT`** (section 11), also `kode-rpc acp --http` and `[http] listen` in
+  `config.toml` (a string, or a bare port number); the flag wins. Host default
+  `127.0.0.1`; IPv6 in brackets (`[::1]:9464`). `GET /health`: the `store/health` JSON,
+  200 when `healthy`, else 503. `GET /ready`: empty body, 200 when the server has started,
+  is not shutting down and `database.connected`, else 503. `GET /metrics`: the
+  `metrics/prometheus` text with its `contentType`; 503 `store unavailable: ...` when the
+  store cannot count its agents. `HEAD` is `GET` without the body; other methods on these
+  paths are 405 with `Allow: GET, HEAD`; other paths 404; a query string is ignored.
+  Every response carries `Connection: close` and `Cache-Control: no-store`. A request
+  head over 8 KiB is 431, one not complete within 10 s is 408, anything else that is not
+  an HTTP/1.0 or 1.1 request is 400; past 64 open connections a new one gets 503. The
+  port is bound before the store is opened: one that cannot be bound is exit 1 with
+  `--http: cannot listen on HOST:PORT: <reason>` on stderr; a bad `[http] listen` is exit
+  1 too, a bad `--http` a usage error (exit 2). The bound address is logged at start
+  (INFO, stderr and the log file, never stdout) as `http: listening on
+  http://127.0.0.1:PORT`: with port 0 that line tells the port.
 - **Providers** are configured as `docs/providers.md` says; `ModelConfig` adds `thinking`,
   `timeoutMs` and `retry` to the contract's fields, `ThinkingBlock` carries Anthropic's
   `signature`, and a `redacted_thinking` content block keeps Anthropic's encrypted
@@ -218,8 +238,8 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   `compactedMessages: 0`, and the model call goes ahead with the whole context.
   `agent/compact` waits for the running and queued turns (a turn sent meanwhile starts
   after it) and answers after its events are stored.
-- Not built yet: the PostgreSQL and JSON stores, `--http`. `initialize.capabilities.acp` is `true`: this build serves ACP
-  as its own mode (`kode-rpc acp`), not on the kode protocol's connection.
+- `initialize.capabilities.acp` is `true`: this build serves ACP as its own mode
+  (`kode-rpc acp`), not on the kode protocol's connection.
 
 ## ACP mode (`kode-rpc acp`): choices where section 10 is silent
 

@@ -1,13 +1,48 @@
-"""Counters for `metrics/prometheus`, fed by tapping the event log (no extra bookkeeping in the loop)."""
+"""Counters for `metrics/prometheus` and `GET /metrics`, fed by tapping the event log (no extra
+bookkeeping in the loop), written out by `prometheus-client`.
+
+The counters are plain numbers kept here; the exposition text comes from a `CollectorRegistry`
+of this `Metrics` alone (not the library's global default registry), so several runtimes in one
+process (tests) never share or collide on a metric name, and the library's process/GC metrics
+stay out. A custom collector yields metric families from the counters at scrape time: no
+`_created` series, nothing to keep in step.
+
+`prometheus_client` costs ~40 ms to import, so it is imported on the first scrape, never at
+start-up (tests/test_startup.py checks).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .events import Envelope
 
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import CollectorRegistry
+
+    from ..store.base import Store
+    from .pool import AgentPool
+
 BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
+ERROR_PHASES = ("model", "tool", "system", "lifecycle")
+TURN_REASONS = ("completed", "interrupted", "error", "budget_exceeded", "max_steps")
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """One scrape: the text and the content type it is served with (the same on both faces)."""
+
+    content_type: str
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
 
 
 class Metrics:
@@ -18,6 +53,9 @@ class Metrics:
         self.tool_buckets: Counter[float] = Counter()
         self.tool_count = 0
         self.tool_sum = 0.0
+        self._registry: CollectorRegistry | None = None
+        self._gauges: tuple[int, dict[str, Any]] = (0, {"active": 0, "working": 0})
+        """What the store and the pool said for the scrape being rendered (set right before it)."""
 
     def tap(self, env: Envelope) -> None:
         ev = env.event
@@ -39,32 +77,62 @@ class Metrics:
         elif t == "done":
             self.turns[ev["reason"]] += 1
 
-    def exposition(self, pool: dict[str, Any], stored_agents: int) -> str:
-        lines = [
-            "# HELP kode_agents_total Agents in the store.",
-            "# TYPE kode_agents_total gauge",
-            f"kode_agents_total {stored_agents}",
-            "# HELP kode_agents_active Agents in memory.",
-            "# TYPE kode_agents_active gauge",
-            f"kode_agents_active {pool['active']}",
-            "# HELP kode_agents_working Agents running a turn.",
-            "# TYPE kode_agents_working gauge",
-            f"kode_agents_working {pool['working']}",
-            "# HELP kode_tokens_total Model tokens by kind.",
-            "# TYPE kode_tokens_total counter",
-        ]
-        for kind in ("input", "output", "cache_read", "cache_write"):
-            lines.append(f'kode_tokens_total{{kind="{kind}"}} {self.tokens[kind]}')
-        lines += ["# HELP kode_errors_total Error events by phase.", "# TYPE kode_errors_total counter"]
-        for phase in ("model", "tool", "system", "lifecycle"):
-            lines.append(f'kode_errors_total{{phase="{phase}"}} {self.errors[phase]}')
-        lines += ["# HELP kode_turns_total Finished turns by reason.", "# TYPE kode_turns_total counter"]
-        for reason in ("completed", "interrupted", "error", "budget_exceeded", "max_steps"):
-            lines.append(f'kode_turns_total{{reason="{reason}"}} {self.turns[reason]}')
-        lines += ["# HELP kode_tool_duration_seconds Tool execution time.", "# TYPE kode_tool_duration_seconds histogram"]
-        for b in BUCKETS:
-            lines.append(f'kode_tool_duration_seconds_bucket{{le="{b}"}} {self.tool_buckets[b]}')
-        lines.append(f'kode_tool_duration_seconds_bucket{{le="+Inf"}} {self.tool_count}')
-        lines.append(f"kode_tool_duration_seconds_sum {self.tool_sum:.6f}")
-        lines.append(f"kode_tool_duration_seconds_count {self.tool_count}")
-        return "\n".join(lines) + "\n"
+    async def scrape(self, store: Store, pool: AgentPool) -> Exposition:
+        """The exposition of this moment, for `metrics/prometheus` and `GET /metrics` alike.
+
+        Raises the store's StoreUnavailable when the agent count cannot be read: both faces
+        then say the store is unavailable rather than serve a made-up `kode_agents_total`."""
+        stored = (await store.collect_metrics()).storage.total_agents
+        return self.render(pool.stats(), stored)
+
+    def render(self, pool: dict[str, Any], stored_agents: int) -> Exposition:
+        """The text for these gauges and the current counters (synchronous: the gauges set here
+        are the ones the collector reads, with no await in between)."""
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+        self._gauges = (stored_agents, pool)
+        return Exposition(CONTENT_TYPE_LATEST, generate_latest(self._get_registry()))
+
+    def _get_registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            from prometheus_client.registry import CollectorRegistry
+
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Collector(self))  # type: ignore[arg-type]  # duck-typed: has collect()
+            self._registry = registry
+        return self._registry
+
+    def families(self) -> Iterator[Metric]:
+        """The metric families, in the order the hand-written exposition had them."""
+        from prometheus_client.metrics_core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+        from prometheus_client.utils import floatToGoString
+
+        stored, pool = self._gauges
+        yield GaugeMetricFamily("kode_agents_total", "Agents in the store.", value=stored)
+        yield GaugeMetricFamily("kode_agents_active", "Agents in memory.", value=pool["active"])
+        yield GaugeMetricFamily("kode_agents_working", "Agents running a turn.", value=pool["working"])
+        for name, doc, label, keys, counts in (
+                ("kode_tokens_total", "Model tokens by kind.", "kind", TOKEN_KINDS, self.tokens),
+                ("kode_errors_total", "Error events by phase.", "phase", ERROR_PHASES, self.errors),
+                ("kode_turns_total", "Finished turns by reason.", "reason", TURN_REASONS, self.turns)):
+            family = CounterMetricFamily(name, doc, labels=[label])
+            for key in keys:
+                family.add_metric([key], counts[key])
+            yield family
+        buckets = [(floatToGoString(b), self.tool_buckets[b]) for b in BUCKETS] + [("+Inf", self.tool_count)]
+        yield HistogramMetricFamily("kode_tool_duration_seconds", "Tool execution time.",
+                                    buckets=buckets, sum_value=self.tool_sum)
+
+
+class _Collector:
+    """The registry's view of one `Metrics` (prometheus_client calls `collect()` per scrape)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self.metrics.families()

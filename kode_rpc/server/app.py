@@ -3,6 +3,10 @@
 Exit paths (`exit`, stdin EOF, the parent `processId` gone, SIGTERM/SIGINT) all
 run the same graceful shutdown: stop taking requests, interrupt running turns,
 persist agents, close the store, kill tool process trees, flush stdout, exit.
+
+With `--http` (or `[http] listen`) the HTTP endpoint for process managers
+(`server/http.py`) binds its port first, so a port in use ends the process with exit 1
+before the store is opened, and starts answering once the server has started.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
 from ..config import data_dir as resolve_data_dir
-from ..config import load_settings
+from ..config import http_listen, load_settings
 from ..logs import setup_logging
 from ..sandbox.process import kill_all
 from ..runtime.host import open_runtime
@@ -23,20 +28,32 @@ from ..store.lease import pid_alive
 from .handlers import Session
 from .rpc import Connection, Output, start_stdin_reader, take_stdout
 
+if TYPE_CHECKING:
+    from .http import HttpEndpoint
+
 log = logging.getLogger(__name__)
 
 
 class App:
-    def __init__(self, data_dir: str, framing: str, max_agents: int | None) -> None:
+    def __init__(self, data_dir: str, framing: str, max_agents: int | None,
+                 listen: tuple[str, int] | None = None) -> None:
         self.data_dir = data_dir
         self.framing = framing
         self.max_agents = max_agents
+        self.listen = listen
+        self.http: HttpEndpoint | None = None
         self.exit_code = 0
         self._stopping: asyncio.Task[None] | None = None
         self._shutdown_run: asyncio.Future[None] | None = None
         self._done = asyncio.Event()
 
     async def run(self, proto_out: object) -> int:
+        if self.listen is not None:
+            from .http import bind_http
+
+            self.http = await bind_http(*self.listen)
+            if self.http is None:
+                return 1
         self.runtime = await open_runtime(self.data_dir, self.max_agents)
         self.store = self.runtime.store
         self.pool = self.runtime.pool
@@ -55,6 +72,8 @@ class App:
         _tune_gc()
         start_stdin_reader(loop, self.conn)
         log.info("kode-rpc serving (%s framing), data dir %s", self.framing, self.data_dir)
+        if self.http is not None:
+            await self.http.start(self.runtime)
         await self._done.wait()
         watcher.cancel()
         for _ in range(3):  # let a finished `shutdown` request's response callback run
@@ -85,10 +104,14 @@ class App:
 
     async def _shutdown_once(self) -> None:
         self.conn.shutting_down = True
+        if self.http is not None:
+            self.http.drain()
         try:
             await self.pool.shutdown()
         except Exception:
             log.exception("pool shutdown failed")
+        if self.http is not None:
+            await self.http.close()  # before the store it reads goes away
         kill_all()
         await self.store.close()
 
@@ -114,11 +137,18 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def serve(data_dir: str | None, framing: str, log_level: str, max_agents: int | None = None) -> int:
+def serve(data_dir: str | None, framing: str, log_level: str, max_agents: int | None = None,
+          http: str | None = None) -> int:
     proto_out = take_stdout()
-    debug = load_settings().debug
+    settings = load_settings()
+    debug = settings.debug
     setup_logging("DEBUG" if debug.verbose else log_level, debug.redact_sensitive)
-    app = App(resolve_data_dir(data_dir), framing, max_agents)
+    try:
+        listen = http_listen(http, settings)
+    except ValueError as exc:
+        log.error("--http / [http] listen: %s", exc)
+        return _finish(None, 1)
+    app = App(resolve_data_dir(data_dir), framing, max_agents, listen)
     try:
         code = asyncio.run(app.run(proto_out))
     except (StoreError, ValueError) as exc:  # a bad URL, a newer schema, a JSON folder in use: say so, exit 1
@@ -127,7 +157,11 @@ def serve(data_dir: str | None, framing: str, log_level: str, max_agents: int | 
     except Exception:
         log.exception("server failed")
         code = 1
-    output = getattr(app, "output", None)
+    return _finish(getattr(app, "output", None), code)
+
+
+def _finish(output: Output | None, code: int) -> NoReturn:
+    """Flush what is left and end the process with `code`."""
     if output is not None:
         output.close()
     logging.shutdown()

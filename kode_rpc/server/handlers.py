@@ -177,9 +177,8 @@ class Session:
         return await self.store.collect_metrics()
 
     async def h_metrics_prometheus(self, p: s.Empty) -> s.PrometheusResult:
-        stored = (await self.store.collect_metrics()).storage.total_agents
-        return s.PrometheusResult(content_type="text/plain; version=0.0.4",
-                                  text=self.metrics.exposition(self.pool.stats(), stored))
+        scraped = await self.metrics.scrape(self.store, self.pool)  # the same text as GET /metrics
+        return s.PrometheusResult(content_type=scraped.content_type, text=scraped.text)
 
 
 def templates_result(registry: TemplateRegistry) -> s.TemplatesResult:
