@@ -330,7 +330,8 @@ async def test_events_query_and_observability(spawn: Spawn) -> None:
     tpl = await c.request("templates/list")
     assert "default" in [t["id"] for t in tpl["templates"]]
     prom = await c.request("metrics/prometheus")
-    assert "kode_agents_total 1" in prom["text"] and 'kode_turns_total{reason="completed"} 1' in prom["text"]
+    lines = prom["text"].splitlines()
+    assert "kode_agents_total 1.0" in lines and 'kode_turns_total{reason="completed"} 1.0' in lines
 
 
 async def test_tool_output_is_bounded(spawn: Spawn, work_dir: Path) -> None:

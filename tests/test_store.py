@@ -445,6 +445,30 @@ async def test_failing_item_does_not_roll_back_its_batch(store: SQLiteStore, db_
     assert await store.get_agent("a2") is not None
 
 
+async def test_wal_is_checkpointed_off_the_writer_thread(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer never checkpoints (an fsync inside a commit stalled every write behind
+    it); the checkpoint thread copies the WAL into the database soon after writes."""
+    import kode_rpc.store.checkpointer as checkpointer
+    monkeypatch.setattr(checkpointer, "INTERVAL_S", 0.2)
+    s = SQLiteStore(str(db_path))
+    await s.open()
+    try:
+        await s.create_agent(agent("big"))
+        size_before = db_path.stat().st_size
+        big = "x" * 2000
+        rows = [EventRow("big", seq, "2026-01-01T00:00:00Z", "progress", None, "text_chunk",
+                         json.dumps({"type": "text_chunk", "delta": big})) for seq in range(1, 2001)]
+        await s.append_events(rows)  # ~4 MB: past the default 1,000-page automatic checkpoint
+        assert db_path.stat().st_size < size_before + 1_000_000, "the commit checkpointed the WAL itself"
+        deadline = time.monotonic() + 10
+        while db_path.stat().st_size < size_before + 3_000_000:
+            assert time.monotonic() < deadline, "the WAL was not checkpointed into the database"
+            await asyncio.sleep(0.05)
+        assert len(await s.read_events("big")) == 2000
+    finally:
+        await s.close()
+
+
 async def test_writes_commit_in_call_order_and_cancel_is_harmless(store: SQLiteStore) -> None:
     store.create_agent(agent("a1"))
     store.update_agent("a1", state="S1")

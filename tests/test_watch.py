@@ -9,6 +9,7 @@ one event.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,9 +22,30 @@ from kode_rpc.sandbox.watch import _fnmatch_ignored
 
 from .conftest import Spawn, scripted
 
+PROBE = ".watch-probe"
+
 
 def changes(c: RpcClient, agent_id: str) -> list[dict[str, Any]]:
-    return [e["event"] for e in c.events_of(agent_id, "file_changed")]
+    return [e["event"] for e in c.events_of(agent_id, "file_changed") if not e["event"]["path"].startswith(PROBE)]
+
+
+async def watching(c: RpcClient, agent_id: str, root: Path) -> None:
+    """Wait until the agent's workDir is watched: a client cannot know when the OS watch
+    is up (it starts just after the agent loads), so touch a probe file until it is seen."""
+    probe = root / PROBE
+    for i in range(100):
+        probe.write_text(str(i))
+        try:
+            await c.wait_for(lambda: any(e["event"]["path"] == PROBE for e in c.events_of(agent_id, "file_changed")),
+                             0.2)
+            break
+        except TimeoutError:
+            continue
+    else:
+        raise AssertionError(f"{root} was never watched")
+    probe.unlink()
+    await c.wait_for(lambda: any(e["event"]["path"] == PROBE and e["event"]["change"] == "deleted"
+                                 for e in c.events_of(agent_id, "file_changed")), 10)
 
 
 async def settle(c: RpcClient, agent_id: str, quiet: float = 0.6) -> list[dict[str, Any]]:
@@ -44,7 +66,7 @@ async def test_external_and_agent_changes(spawn: Spawn, work_dir: Path) -> None:
                      {"text": "written"})
     await c.request("agent/create", {"agentId": "w", "model": model, "sandbox": {"workDir": str(work_dir)},
                                      "permission": {"mode": "auto"}})
-    await asyncio.sleep(0.2)
+    await watching(c, "w", work_dir)
     (work_dir / "ext.txt").write_text("from outside\n")
     (work_dir / "old.txt").unlink()
     (work_dir / "sub").mkdir()
@@ -78,7 +100,7 @@ async def test_coalescing_and_ignored_paths(spawn: Spawn, work_dir: Path) -> Non
     (work_dir / "f.txt").write_text("0\n")
     c = await spawn()
     await c.request("agent/create", {"agentId": "g", "sandbox": {"workDir": str(work_dir)}})
-    await asyncio.sleep(0.2)
+    await watching(c, "g", work_dir)
     for i in range(30):  # far quicker than one window
         (work_dir / "f.txt").write_text(f"{i}\n")
     (work_dir / "x.log").write_text("ignored\n")
@@ -97,13 +119,91 @@ async def test_coalescing_and_ignored_paths(spawn: Spawn, work_dir: Path) -> Non
 async def test_watcher_stops_with_the_agent(spawn: Spawn, work_dir: Path) -> None:
     c = await spawn()
     await c.request("agent/create", {"agentId": "d", "sandbox": {"workDir": str(work_dir)}})
-    await asyncio.sleep(0.2)
+    await watching(c, "d", work_dir)
     (work_dir / "a.txt").write_text("a\n")
     await c.wait_for(lambda: changes(c, "d"), 10)
     await c.request("agent/delete", {"agentId": "d"})
     (work_dir / "b.txt").write_text("b\n")
     await asyncio.sleep(0.6)
     assert [e["path"] for e in changes(c, "d")] == ["a.txt"]
+
+
+def inotify_instances(pid: int) -> int:
+    """inotify instances the process holds (fds that are `anon_inode:inotify`)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fd_dir.iterdir():
+        try:
+            count += os.readlink(fd) == "anon_inode:inotify"
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc (Linux)")
+async def test_one_os_watch_for_every_agent(spawn: Spawn, tmp_path: Path) -> None:
+    """Agents share the process's one watch (inotify instances are capped per user:
+    one per agent ran out with a few servers), each still gets its own changes."""
+    c = await spawn()
+    roots = [tmp_path / f"w{i}" for i in range(6)]
+    for root in roots:
+        root.mkdir()
+    for i, root in enumerate(roots):
+        await c.request("agent/create", {"agentId": f"a{i}", "sandbox": {"workDir": str(root)}})
+    await c.request("agent/create", {"agentId": "same", "sandbox": {"workDir": str(roots[0])}})
+    for i, root in enumerate(roots):
+        await watching(c, f"a{i}", root)
+    await watching(c, "same", roots[0])
+    for i, root in enumerate(roots):
+        (root / f"f{i}.txt").write_text("x\n")
+    for i in range(6):
+        await c.wait_for(lambda i=i: changes(c, f"a{i}"), 10)
+    await c.wait_for(lambda: changes(c, "same"), 10)
+    for i in range(6):
+        assert [(e["path"], e["change"]) for e in await settle(c, f"a{i}", 0.3)] == [(f"f{i}.txt", "added")]
+    assert [e["path"] for e in changes(c, "same")] == ["f0.txt"]
+    assert inotify_instances(c.proc.pid) == 1
+    for i in range(6):
+        await c.request("agent/delete", {"agentId": f"a{i}"})
+    await c.request("agent/delete", {"agentId": "same"})
+    deadline = asyncio.get_running_loop().time() + 5
+    while inotify_instances(c.proc.pid):
+        assert asyncio.get_running_loop().time() < deadline, "the watch did not stop with the last agent"
+        await asyncio.sleep(0.05)
+
+
+async def test_no_change_is_lost_or_doubled_while_agents_come_and_go(spawn: Spawn, tmp_path: Path) -> None:
+    """Loading and unloading other agents rebuilds the shared watch; a watched agent sees
+    every file made meanwhile exactly once."""
+    c = await spawn()
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    await c.request("agent/create", {"agentId": "w", "sandbox": {"workDir": str(watched)}})
+    await watching(c, "w", watched)
+    others = tmp_path / "others"
+
+    async def churn() -> None:
+        for i in range(8):
+            root = others / str(i)
+            root.mkdir(parents=True)
+            await c.request("agent/create", {"agentId": f"o{i}", "sandbox": {"workDir": str(root)}})
+            if i % 2:
+                await c.request("agent/delete", {"agentId": f"o{i - 1}"})
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+
+    async def write() -> None:
+        for i in range(60):  # moved in: one OS event per file, so a second report is a duplicate
+            (staging / f"n{i}.txt").write_text(f"{i}\n")
+            os.rename(staging / f"n{i}.txt", watched / f"n{i}.txt")
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(churn(), write())
+    await c.wait_for(lambda: len(changes(c, "w")) >= 60, 15)
+    got = await settle(c, "w")
+    assert sorted(e["path"] for e in got) == sorted(f"n{i}.txt" for i in range(60))
+    assert all(e["change"] == "added" for e in got)
 
 
 @pytest.mark.parametrize(("path", "ignored"), [

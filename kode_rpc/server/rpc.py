@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import re
+import select
 import sys
 import threading
 from collections.abc import Callable
@@ -37,7 +38,15 @@ from ..protocol.errors import (
 )
 from ..protocol.methods import REQUESTS
 from .dispatch import Dispatcher, Handler, RawResult, loads
-from .framing import BadFrame, Body, ContentLengthParser, NdjsonParser, TooLarge, encode_content_length, encode_ndjson
+from .framing import (
+    BadFrame,
+    Body,
+    ContentLengthParser,
+    NdjsonParser,
+    TooLarge,
+    encode_content_length,
+    encode_ndjson,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +54,70 @@ MAX_DEPTH = 512
 _ID_IN_HEAD = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
 
 class Output:
-    """Frames to stdout from a writer thread, so a slow client never blocks the loop.
+    """Frames to stdout without ever blocking the loop on a slow client.
 
-    Everything queued is written in order; `close()` drains the queue first.
+    A frame is written at once, on the loop thread, when nothing is waiting before
+    it and the pipe has room for it (`poll` says writable, and a write of at most
+    PIPE_BUF bytes then cannot block); otherwise it is queued for a writer thread,
+    and later frames queue behind it until the thread has written them all, so
+    order is kept. Handing every frame to the thread cost a wake-up and a GIL
+    hand-off per frame (about 0.3 ms of a 100-chunk turn's 2.7 ms, measured).
+    Where `select.poll` is missing (Windows) every frame goes through the thread.
+    `close()` drains the queue first.
     """
+
+    DIRECT_MAX = 4096
+    """PIPE_BUF on Linux: a write this small into a writable pipe never blocks."""
 
     def __init__(self, stream: BinaryIO, framing: str) -> None:
         self._stream = stream
         self._encode = encode_ndjson if framing == "ndjson" else encode_content_length
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._backlog = 0
+        """Frames handed to the thread and not yet written (guarded by `_lock`)."""
+        self._fd: int | None = None
+        self._poll: Any = None
+        if hasattr(select, "poll"):
+            try:
+                self._fd = stream.fileno()
+                self._poll = select.poll()
+                self._poll.register(self._fd, select.POLLOUT)
+            except (OSError, ValueError, AttributeError):  # not a real descriptor (a test's BytesIO)
+                self._fd = self._poll = None
         self._thread = threading.Thread(target=self._run, name="stdout-writer", daemon=True)
         self._thread.start()
         self.broken = False
 
     def send(self, body: bytes) -> None:
-        self._queue.put(self._encode(body))
+        data = self._encode(body)
+        with self._lock:
+            if self._backlog == 0 and self._fd is not None and len(data) <= self.DIRECT_MAX:
+                data = self._write_now(data)
+                if not data:
+                    return
+            self._backlog += 1
+            self._queue.put(data)
+
+    def _write_now(self, data: bytes) -> bytes:
+        """Write what the pipe takes without blocking; return the rest (b"" when done)."""
+        if self.broken:
+            return b""
+        if not self._poll.poll(0):
+            return data
+        try:
+            written = os.write(self._fd, data)  # type: ignore[arg-type]
+        except (BlockingIOError, InterruptedError):
+            return data
+        except OSError:
+            self._mark_broken()
+            return b""
+        return data[written:]
+
+    def _mark_broken(self) -> None:
+        if not self.broken:
+            self.broken = True
+            log.warning("stdout is closed; dropping output")
 
     def _run(self) -> None:
         while True:
@@ -85,8 +143,9 @@ class Output:
                         data = data[written or 0:]
                     self._stream.flush()
                 except (BrokenPipeError, OSError, ValueError):
-                    self.broken = True
-                    log.warning("stdout is closed; dropping output")
+                    self._mark_broken()
+            with self._lock:
+                self._backlog -= len(chunks)
             if stop:
                 return
 
@@ -310,8 +369,29 @@ def _depth(obj: Any) -> int:
     return depth
 
 
-def start_stdin_reader(loop: asyncio.AbstractEventLoop, conn: Connection, fd: int = 0) -> threading.Thread:
-    """Read stdin on a thread (portable: anonymous pipes on Windows have no async API)."""
+def start_stdin_reader(loop: asyncio.AbstractEventLoop, conn: Connection, fd: int = 0) -> threading.Thread | None:
+    """Feed stdin to `conn` on the loop. A pipe or terminal is watched by the loop itself
+    (`add_reader`: no thread, no hand-off per request); a regular file, which epoll
+    refuses, and Windows' anonymous pipes, which have no async API, are read on a thread."""
+    if sys.platform != "win32":
+        def readable() -> None:
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(fd)
+                conn.eof()
+                return
+            conn.feed(data)
+
+        try:
+            loop.add_reader(fd, readable)
+            return None
+        except (OSError, ValueError):  # a regular file (EPERM), or not a descriptor
+            pass
 
     def run() -> None:
         while True:

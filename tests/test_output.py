@@ -1,0 +1,69 @@
+"""`server.rpc.Output`: frames go out in order, a client that stops reading never blocks
+the sender, and a closed stdout is survived. Real pipes, no server."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+from kode_rpc.server.rpc import Output
+
+
+def _frames(n: int) -> list[bytes]:
+    """Small frames (written at once) mixed with large ones (always through the thread)."""
+    return [json.dumps({"i": i, "pad": "x" * (9000 if i % 7 == 0 else i % 50)}).encode() for i in range(n)]
+
+
+def test_a_client_that_stops_reading_never_blocks_and_order_is_kept() -> None:
+    r, w = os.pipe()
+    out = Output(os.fdopen(w, "wb", buffering=0), "ndjson")
+    frames = _frames(3000)  # ~4 MB: far more than a pipe holds while nobody reads
+    sent = threading.Event()
+
+    def send_all() -> None:
+        for body in frames:
+            out.send(body)
+        sent.set()
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    t0 = time.monotonic()
+    sender.start()
+    assert sent.wait(30), "send() blocked on a full pipe"
+    assert time.monotonic() - t0 < 30
+    got = bytearray()
+    expected = b"".join(body + b"\n" for body in frames)
+    while len(got) < len(expected):
+        chunk = os.read(r, 1 << 16)
+        assert chunk
+        got += chunk
+    assert bytes(got) == expected  # every frame, whole, in order
+    out.close()
+    os.close(r)
+
+
+def test_direct_and_queued_frames_interleave_in_order() -> None:
+    """Once one frame waits for the thread, later small frames queue behind it."""
+    r, w = os.pipe()
+    out = Output(os.fdopen(w, "wb", buffering=0), "content-length")
+    frames = [b'{"a":1}', b"{" + b'"b":"' + b"y" * 70_000 + b'"}', b'{"c":3}', b'{"d":4}']
+    for body in frames:
+        out.send(body)
+    got = bytearray()
+    expected = b"".join(b"Content-Length: %d\r\n\r\n%s" % (len(b), b) for b in frames)
+    while len(got) < len(expected):
+        got += os.read(r, 1 << 16)
+    assert bytes(got) == expected
+    out.close()
+    os.close(r)
+
+
+def test_a_closed_stdout_is_survived() -> None:
+    r, w = os.pipe()
+    out = Output(os.fdopen(w, "wb", buffering=0), "ndjson")
+    os.close(r)
+    for body in _frames(50):
+        out.send(body)  # EPIPE (SIGPIPE is ignored by Python): marked broken, no exception
+    out.close()
+    assert out.broken
