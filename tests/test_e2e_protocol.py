@@ -8,12 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from kode_rpc.client import RpcClient, RpcError
 
 from .conftest import Spawn
+from .helpers import pipeline
 
 
 async def raw_reply(c: RpcClient, data: bytes, count: int = 1, timeout: float = 10) -> list[dict]:
@@ -203,6 +205,41 @@ async def test_pipelined_requests_right_after_initialize(spawn: Spawn) -> None:
     assert replies[5]["error"]["code"] == -32800
     done = await c.wait_event("pipe", "done")
     assert done["event"]["reason"] == "completed"
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_reads_pipelined_right_behind_create_find_the_agent(spawn: Spawn, tmp_path: Path,
+                                                                   request: pytest.FixtureRequest, store: str) -> None:
+    """Requests run concurrently, yet a read sees what the requests that arrived before it did:
+    reads pipelined behind `agent/create` (and behind a fork) find the new agent. Before the fix
+    most of these reads answered not-found on both stores (they ran before the create's insert)."""
+    if store == "postgres":
+        pg = request.getfixturevalue("pg_server")
+        url = pg.socket_url(pg.create_database("pipe"))
+    else:
+        url = f"sqlite://{tmp_path / 'pipe.db'}"
+    c = await spawn("--store", url)
+    calls: list[tuple[str, dict]] = []
+    for i in range(200):
+        ref = {"agentId": f"p{i}"}
+        calls += [("agent/create", ref), ("agent/status", ref), ("agent/list", {"prefix": f"p{i}"}),
+                  ("agent/events", ref), ("agent/messages", ref), ("agent/todos", ref),
+                  ("agent/fork", {**ref, "newAgentId": f"f{i}"}), ("agent/status", {"agentId": f"f{i}"})]
+    replies = await pipeline(c, calls)
+    failed = [(m, p, r["error"]) for (m, p), r in zip(calls, replies) if "error" in r]
+    assert not failed, f"{len(failed)} of {len(calls)} failed, e.g. {failed[:3]}"
+    for (m, p), r in zip(calls, replies):
+        if m == "agent/list":
+            assert p["prefix"] in [info["agentId"] for info in r["result"]["agents"]]
+        elif m == "agent/events":
+            assert [e["event"]["type"] for e in r["result"]["events"]] == ["state_changed"]
+    # and behind a delete they no longer find it
+    gone = {"agentId": "gone"}
+    replies = await pipeline(c, [("agent/create", gone), ("agent/delete", gone), ("agent/status", gone),
+                                 ("agent/list", {"prefix": "gone"}), ("agent/events", gone)])
+    assert replies[1]["result"] == {"deleted": True}
+    assert replies[2]["error"]["code"] == replies[4]["error"]["code"] == -32002
+    assert replies[3]["result"]["agents"] == []
 
 
 async def test_empty_nested_objects_sent_as_arrays_are_accepted(spawn: Spawn) -> None:

@@ -138,6 +138,10 @@ class AgentPool:
             self.svc.events.subscribe(agent_id, subscriber)
         return agent
 
+    def in_flight(self, agent_id: str) -> list[asyncio.Future[Any]]:
+        """What is under way for the agent that a read must not overtake: a load, a hibernation."""
+        return [f for f in (self._loading.get(agent_id), self._hibernating.get(agent_id)) if f is not None]
+
     async def _load(self, agent_id: str, subscriber: Subscriber | None, recover: bool) -> Agent:
         store = self.svc.store
         await self._make_room()
@@ -223,7 +227,10 @@ class AgentPool:
                 return False
             await self._lease(agent_id)
         self.hibernated.discard(agent_id)
-        return await self.svc.store.delete_agent(agent_id)
+        try:
+            return await self.svc.store.delete_agent(agent_id)
+        finally:  # else the lock outlives the agent (PostgreSQL) and a new one of that id is locked
+            await self.svc.store.release_lease(agent_id, self.owner)
 
     async def fork(self, agent_id: str, new_agent_id: str | None, at_seq: int | None) -> AgentRow:
         source = await self.svc.store.get_agent(agent_id)

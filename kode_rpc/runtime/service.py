@@ -14,6 +14,9 @@ handlers and would otherwise be copied into every face lives here once:
   and a question answered elsewhere is withdrawn).
 - the complete-wait loop, settling the store before reads, status of stored or
   live agents, and crash recovery on resume.
+- reads in arrival order too: requests run concurrently, but a read waits for the
+  create, delete, load or hibernation of its agent that an earlier request started
+  (`agent/list`: for every create and delete), so it never answers from before them.
 """
 
 from __future__ import annotations
@@ -171,6 +174,8 @@ class RuntimeService:
         self.store = pool.svc.store
         self.events = pool.svc.events
         self._locks: dict[str, asyncio.Lock] = {}
+        self._changing: dict[str, asyncio.Future[None]] = {}
+        """Agents a create, fork or delete is making or removing; done when that is stored or failed."""
 
     def watcher(self, deliver: Callable[[Envelope], None], ask: Ask | None = None) -> Watcher:
         return Watcher(self, deliver, ask)
@@ -192,8 +197,41 @@ class RuntimeService:
             finally:
                 agent.pins -= 1
 
+    @asynccontextmanager
+    async def _changing_agent(self, agent_id: str | None) -> AsyncIterator[None]:
+        """Mark `agent_id` as being made or deleted until the block ends (entered before the
+        request's first await, so every read that arrived later sees the mark)."""
+        if agent_id is None:
+            yield
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._changing[agent_id] = done
+        try:
+            yield
+        finally:
+            done.set_result(None)
+            if self._changing.get(agent_id) is done:
+                del self._changing[agent_id]
+
+    def _earlier(self, agent_id: str | None) -> list[asyncio.Future[Any]]:
+        """What requests that arrived before this moment have under way for the agent: its
+        create (the row may not be stored yet) or delete, load or hibernation; with None, every
+        create and delete."""
+        if agent_id is None:
+            return list(self._changing.values())
+        changing = self._changing.get(agent_id)
+        return ([changing] if changing is not None else []) + self.pool.in_flight(agent_id)
+
+    async def _after_earlier(self, agent_id: str | None) -> None:
+        """Requests are handled concurrently, but a read sees what the requests that arrived
+        before it did: wait for `_earlier(agent_id)`."""
+        pending = self._earlier(agent_id)
+        if pending:
+            await asyncio.wait(pending)
+
     async def settle(self, agent_id: str) -> None:
         """Make the store reflect everything this process emitted for the agent."""
+        await self._after_earlier(agent_id)
         if agent_id in self.pool.agents:
             self.events.flush()
             await self.store.barrier()
@@ -204,7 +242,7 @@ class RuntimeService:
     async def create(self, cfg: a.AgentConfig, watcher: Watcher | None) -> a.AgentInfo:
         if cfg.agent_id is None:
             return (await self.pool.create(cfg, watcher)).info()
-        async with self._lock(cfg.agent_id):
+        async with self._changing_agent(cfg.agent_id), self._lock(cfg.agent_id):
             return (await self.pool.create(cfg, watcher)).info()
 
     async def resume(self, agent_id: str, since: int | None, strategy: str, watcher: Watcher,
@@ -271,6 +309,7 @@ class RuntimeService:
                                         last_seq=self.events.last_seq(agent.id), permission_ids=ids)
 
     async def interrupt(self, agent_id: str, note: str | None) -> bool:
+        await self._after_earlier(agent_id)
         agent = self.pool.agents.get(agent_id)
         if agent is None:
             if await self.store.get_agent(agent_id) is None:
@@ -285,6 +324,7 @@ class RuntimeService:
             await stored
 
     async def status(self, agent_id: str) -> ap.AgentStatus:
+        await self._after_earlier(agent_id)
         agent = self.pool.agents.get(agent_id)
         if agent is not None:
             return ap.AgentStatus(
@@ -315,6 +355,7 @@ class RuntimeService:
         return [ap.McpServerState(server=name, status="closed") for name in servers]
 
     async def list(self, prefix: str | None, limit: int, cursor: str | None) -> a.ListResult:
+        await self._after_earlier(None)
         rows, next_cursor = await self.store.list_agents(prefix, limit, cursor)
         agents = []
         for row in rows:
@@ -349,9 +390,14 @@ class RuntimeService:
         return [r.json for r in rows], last
 
     async def fork(self, agent_id: str, new_agent_id: str | None, at_seq: int | None) -> a.AgentInfo:
-        return row_info(await self.pool.fork(agent_id, new_agent_id, at_seq))
+        source = self._earlier(agent_id)  # before the mark: a fork onto its own id must not wait on itself
+        async with self._changing_agent(new_agent_id):
+            if source:
+                await asyncio.wait(source)
+            return row_info(await self.pool.fork(agent_id, new_agent_id, at_seq))
 
     async def todos(self, agent_id: str) -> list[dict[str, Any]]:
+        await self._after_earlier(agent_id)
         live = self.pool.agents.get(agent_id)
         if live is not None:
             return live.todos
@@ -367,7 +413,7 @@ class RuntimeService:
             return await agent.set_todos([t.wire() for t in todos])
 
     async def delete(self, agent_id: str, watcher: Watcher | None) -> bool:
-        async with self._lock(agent_id):
+        async with self._changing_agent(agent_id), self._lock(agent_id):
             deleted = await self.pool.delete(agent_id)
             if deleted:
                 await rw.remove_checkpoints(self.pool.svc.checkpoint_dir, agent_id)
@@ -380,6 +426,7 @@ class RuntimeService:
 
     async def checkpoints(self, agent_id: str) -> a.CheckpointsResult:
         """The agent's checkpoints, oldest first (read without loading the agent)."""
+        await self._after_earlier(agent_id)
         live = self.pool.agents.get(agent_id)
         if live is not None:
             return await live.checkpoints.list()
@@ -425,6 +472,7 @@ class RuntimeService:
 
     async def config(self, agent_id: str) -> a.AgentConfig:
         """The agent's resolved config (live or stored)."""
+        await self._after_earlier(agent_id)
         live = self.pool.agents.get(agent_id)
         if live is not None:
             return live.config
@@ -435,6 +483,7 @@ class RuntimeService:
 
     async def release(self, agent_id: str) -> None:
         """The client is done with the agent for now: let it hibernate if it is idle."""
+        await self._after_earlier(agent_id)
         agent = self.pool.agents.get(agent_id)
         if agent is None:
             if await self.store.get_agent(agent_id) is None:
@@ -459,6 +508,7 @@ class RuntimeService:
 
     async def first_user_text(self, agent_id: str) -> str | None:
         """The text of the agent's first message, when it is the user's (a session title)."""
+        await self._after_earlier(agent_id)
         rows, _ = await self.store.load_messages(agent_id, 1, 1)
         if not rows or rows[0].role != "user":
             return None

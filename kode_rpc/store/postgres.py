@@ -110,6 +110,9 @@ _MIGRATION_LOCK = 0x6B6F6465_00000001  # "kode" + 1: serializes schema migration
 DYING_HOLDER_WAIT_S = 3.0
 """How long to wait for the lock of a holder whose process is gone on this host (its backend
 notices the closed connection within milliseconds)."""
+HOLDER_ROW_WAIT_S = 1.0
+"""How long to wait for the row of a lock holder that took the lock a moment ago (it commits the
+row with the statement that took the lock)."""
 MAX_BATCH = 256
 
 # ---------------------------------------------------------------------- schema
@@ -913,7 +916,7 @@ class PostgresStore(WriterStore):
         if not ok and host == owner.host and not pid_alive(pid):
             ok, pid, host = self._await_dying_holder(conn, agent_id, owner, pid, host)
         if not ok:
-            raise LeaseHeld(agent_id, pid, host)
+            raise LeaseHeld(agent_id, *self._holder(conn, agent_id, owner))
         self._held[agent_id] = (owner, now + ttl_s)
         self._lost.pop(agent_id, None)
 
@@ -931,6 +934,22 @@ class PostgresStore(WriterStore):
                 return ok, pid, host
         return False, pid, host
 
+    def _holder(self, conn: psycopg.Connection[Any], agent_id: str, owner: LeaseOwner) -> tuple[int, str]:
+        """Who holds the agent's lock, for `LeaseHeld`. `_try_lock` read the leases row in the
+        snapshot its statement began with, before it tried the lock, so a holder that took the
+        lock a moment earlier may be missing (no row: the last owner released it) or shown as the
+        previous owner. Re-read it in fresh statements, `FOR SHARE` (which waits for a row being
+        written or deleted), until it names a live owner; briefly."""
+        deadline = time.monotonic() + HOLDER_ROW_WAIT_S
+        delay = 0.002
+        while True:
+            row = conn.execute("SELECT pid, host FROM leases WHERE agent_id = %s FOR SHARE", (agent_id,)).fetchone()
+            pid, host = (int(row[0]), str(row[1])) if row is not None else (0, "unknown")
+            if (row is not None and (host != owner.host or pid_alive(pid))) or time.monotonic() > deadline:
+                return pid, host
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
     def _release(self, agent_id: str, owner: LeaseOwner) -> None:
         self._lost.pop(agent_id, None)
         held = self._held.get(agent_id)
@@ -941,8 +960,11 @@ class PostgresStore(WriterStore):
         if conn is None or conn.closed or conn.broken:
             return  # the lock went with the connection
         try:
-            conn.execute("WITH d AS (DELETE FROM leases WHERE agent_id = %s AND token = %s) "
-                         "SELECT pg_advisory_unlock(%s)", (agent_id, owner.token, lock_key(self._namespace, agent_id)))
+            # the row goes before the lock (an unread data-modifying WITH would run after it), so
+            # whoever takes the lock next never reads us as its holder
+            conn.execute("WITH d AS (DELETE FROM leases WHERE agent_id = %s AND token = %s RETURNING 1) "
+                         "SELECT pg_advisory_unlock(%s) FROM (SELECT count(*) FROM d) AS gone",
+                         (agent_id, owner.token, lock_key(self._namespace, agent_id)))
         except CONNECTIVITY as exc:
             logger.info("releasing the lock of %s: %s (it went with the connection)", agent_id, self._describe(exc))
 
