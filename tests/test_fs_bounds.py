@@ -19,6 +19,7 @@ from kode_rpc.sandbox.local import LocalSandbox
 from kode_rpc.tools.base import ToolResult
 
 from .conftest import Spawn, scripted
+from .helpers import watching
 from .test_tools import FakeCtx, call
 
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
@@ -246,6 +247,7 @@ async def test_e2e_interrupt_stops_a_long_glob(spawn: Spawn, work_dir: Path) -> 
     script = scripted({"toolCalls": [{"name": "fs_glob", "input": {"pattern": "**/*.none"}}]}, {"text": "never"})
     await c.request("agent/create", {"agentId": "i", "model": script, "sandbox": {"workDir": str(work_dir)},
                                      "permission": {"mode": "auto"}})
+    await watching(c, "i", work_dir)  # setting up the workDir's watch is work of its own (64,000 directories)
     await c.request("agent/send", {"agentId": "i", "text": "glob"})
     await c.wait_for(lambda: c.events_of("i", "tool:start"), timeout=10)
     t0 = time.monotonic()

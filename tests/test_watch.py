@@ -21,31 +21,10 @@ from kode_rpc.client import RpcClient
 from kode_rpc.sandbox.watch import _fnmatch_ignored
 
 from .conftest import Spawn, scripted
-
-PROBE = ".watch-probe"
-
+from .helpers import PROBE, watching
 
 def changes(c: RpcClient, agent_id: str) -> list[dict[str, Any]]:
     return [e["event"] for e in c.events_of(agent_id, "file_changed") if not e["event"]["path"].startswith(PROBE)]
-
-
-async def watching(c: RpcClient, agent_id: str, root: Path) -> None:
-    """Wait until the agent's workDir is watched: a client cannot know when the OS watch
-    is up (it starts just after the agent loads), so touch a probe file until it is seen."""
-    probe = root / PROBE
-    for i in range(100):
-        probe.write_text(str(i))
-        try:
-            await c.wait_for(lambda: any(e["event"]["path"] == PROBE for e in c.events_of(agent_id, "file_changed")),
-                             0.2)
-            break
-        except TimeoutError:
-            continue
-    else:
-        raise AssertionError(f"{root} was never watched")
-    probe.unlink()
-    await c.wait_for(lambda: any(e["event"]["path"] == PROBE and e["event"]["change"] == "deleted"
-                                 for e in c.events_of(agent_id, "file_changed")), 10)
 
 
 async def settle(c: RpcClient, agent_id: str, quiet: float = 0.6) -> list[dict[str, Any]]:

@@ -1,15 +1,17 @@
 """Watching workDirs for file changes (contract section 15: `file_changed`).
 
 Each loaded agent has a `DirWatcher` over its workDir; all of them in a process
-share one OS watch (`WatchHub`: one `watchfiles.awatch` over every watched root),
-rebuilt when the set of roots changes. One watch per agent cost two OS threads and
+share one OS watch (`WatchHub`: one `watchfiles.watch` over every watched root, on
+its own thread), rebuilt when the set of roots changes. One watch per agent cost two OS threads and
 an inotify instance each (~57 KB of RSS per agent, measured with 50 agents), and
 inotify instances are capped per user (`max_user_instances`, 128 by default), so a
 few servers with many agents ran out and lost their watchers ("Too many open
 files"). On a rebuild the new watch starts before the old one stops, and the old
 one keeps reporting for one more window, so no change falls in between; a file
 both report in that overlap is reported by the first to see it (so a second
-change to it within that ~0.25 s is folded into the first).
+change to it within that ~0.25 s is folded into the first). While a new root's
+watch is being set up (up to `UP_MS` after it is), the agent's tools report their
+own changes, and one made in that moment may also come from the watch.
 
 Changes are coalesced over about 100 ms (watchfiles' `step`/`debounce`), reduced to
 one net change per file per window, `.git/` and `.gitignore`d paths left out, and
@@ -25,6 +27,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, Literal
@@ -38,6 +41,9 @@ RawChanges = set[tuple[Any, str]]
 
 STEP_MS = 50
 DEBOUNCE_MS = 100
+UP_MS = 200
+"""The watch thread wakes at least this often (a cheap return from the OS wait); its
+first wake-up says the watch is up."""
 OVERLAP_S = (STEP_MS + DEBOUNCE_MS) / 1000 + 0.1
 """How long a replaced watch keeps reporting: one whole window after the new one is up."""
 REBUILD_DELAY_S = 0.05
@@ -167,43 +173,63 @@ class DirWatcher:
 
 
 class _Watch:
-    """One `watchfiles.awatch` over a fixed set of roots, run in a task."""
+    """One `watchfiles.watch` over a fixed set of roots, on its own thread.
+
+    Not `awatch` in the loop: setting up the OS watch walks every directory under the
+    roots inside the generator's first step, which blocked the event loop (measured:
+    0.5 s for a tree of 64,000 directories), and the shared watch is set up again
+    whenever an agent loads. The watch is taken as up at its first yield (changes, or
+    an empty set after `UP_MS` without any)."""
 
     def __init__(self, roots: list[str], on_changes: Callable[[_Watch, RawChanges], None],
                  on_up: Callable[[_Watch], None], on_end: Callable[[_Watch, BaseException | None], None]) -> None:
         self.roots = roots
         self.up = False
-        self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self._loop.create_future()
+        self._stop = threading.Event()
         self._on_changes, self._on_up, self._on_end = on_changes, on_up, on_end
-        self.task = asyncio.get_running_loop().create_task(self._run(), name="watch-hub")
+        threading.Thread(target=self._run, name="kode-watch", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _came_up(self) -> None:
-        if not self._stop.is_set() and not self.task.done():
-            self.up = True
-            self._on_up(self)
-
-    async def _run(self) -> None:
+    def _run(self) -> None:
+        """The watch thread: hands every batch to the loop."""
         error: BaseException | None = None
+        announced = False
         try:
             import watchfiles
 
-            gen = watchfiles.awatch(*self.roots, watch_filter=_not_git, step=STEP_MS, debounce=DEBOUNCE_MS,
-                                    stop_event=self._stop, recursive=True, ignore_permission_denied=True)
-            # The generator's first step sets up the OS watch before it first waits: once
-            # the loop runs the next callback, the watch is up.
-            asyncio.get_running_loop().call_soon(self._came_up)
-            async for changes in gen:
-                self._on_changes(self, changes)
-        except ImportError as exc:
-            error = exc
-        except Exception as exc:
+            for changes in watchfiles.watch(*self.roots, watch_filter=_not_git, debounce=DEBOUNCE_MS, step=STEP_MS,
+                                            stop_event=self._stop, rust_timeout=UP_MS, yield_on_timeout=True,
+                                            raise_interrupt=False, recursive=True, ignore_permission_denied=True):
+                if not announced:
+                    announced = True
+                    self._call(self._came_up)
+                if changes:
+                    self._call(self._on_changes, self, changes)
+        except BaseException as exc:  # ImportError, a root gone, an inotify limit: the hub decides
             error = exc
         finally:
-            self.up = False
-            self._on_end(self, error)
+            self._call(self._finish, error)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            pass
+
+    def _came_up(self) -> None:
+        if not self._stop.is_set() and not self.done.done():
+            self.up = True
+            self._on_up(self)
+
+    def _finish(self, error: BaseException | None) -> None:
+        self.up = False
+        if not self.done.done():
+            self.done.set_result(None)
+        self._on_end(self, error)
 
 
 def _not_git(change: object, path: str) -> bool:
@@ -254,9 +280,9 @@ class WatchHub:
             self._schedule()
         if not self._watchers:  # the last one: wait until the OS watch is gone
             await asyncio.sleep(0)  # let the scheduled rebuild stop it
-            tasks = [w.task for w in (self._current, *self._retiring) if w is not None]
-            if tasks:
-                await asyncio.wait(tasks, timeout=2)
+            ends = [w.done for w in (self._current, *self._retiring) if w is not None]
+            if ends:
+                await asyncio.wait(ends, timeout=2)
 
     # --- the one watch ------------------------------------------------------------
     def _schedule(self, delay: float = 0) -> None:
@@ -283,11 +309,13 @@ class WatchHub:
         if roots:
             self._current = _Watch(roots, self._changes, self._up, self._ended)
         else:
+            for watch in self._retiring:  # nothing to wait for: all of them stop now
+                watch.stop()
             self._mark_active(None)
 
     def _retire(self, watch: _Watch, at_once: bool) -> None:
         """Stop a replaced watch: at once if nothing replaces it, else one window after
-        its successor is up (it reports what happened before that)."""
+        the first of its successors to come up (it reports what happened before that)."""
         self._retiring.add(watch)
         if at_once or not watch.up:
             watch.stop()
