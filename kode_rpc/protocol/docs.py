@@ -49,6 +49,10 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
 - Requests run concurrently. Requests that name the same agent and change it
   (`agent/create`, `resume`, `send`, `complete`, `todos` with a list, `delete`) start in
   arrival order, so a pipelined `agent/create` + `agent/send` works without waiting.
+  Reads (`agent/status`, `events`, `messages`, `todos`, `config`, `checkpoints`, `fork`'s
+  source, `interrupt`, `release`) wait for an earlier request's create, delete, load or
+  hibernation of their agent, and `agent/list` for every earlier create or delete, so a
+  read never answers from before a request sent ahead of it.
 
 ## Choices where the contract is silent
 
