@@ -362,11 +362,13 @@ class Agent(ToolCalls, Approvals, Recovery):
                                error=ev.RetryErrorInfo(type=err.type, message=redact(err.message))), tid)
 
         open_kind: str | None = None
+        events = self.svc.events
         try:
             stream = stream_with_retry(provider, request, RetryPolicy.from_wire(config.get("retry")), on_retry)
             async for delta in stream:
                 if isinstance(delta, (TextDelta, ThinkingDelta)):
                     kind = "text" if isinstance(delta, TextDelta) else "think"
+                    etype = "text_chunk" if kind == "text" else "think_chunk"
                     if isinstance(delta, ThinkingDelta) and delta.signature:
                         out.signature = delta.signature
                         if not delta.text:
@@ -376,7 +378,8 @@ class Agent(ToolCalls, Approvals, Recovery):
                         open_kind = kind
                         self.emit((ev.TextChunkStart if kind == "text" else ev.ThinkChunkStart)(step=step), tid)
                     (out.text if kind == "text" else out.thinking).append(delta.text)
-                    self.emit(ev.chunk(kind, step, delta.text), tid)
+                    if not events.merge_delta(self.id, etype, step, delta.text, tid):
+                        self.emit(ev.chunk(kind, step, delta.text), tid)
                 elif isinstance(delta, RedactedThinking):
                     out.redacted.append(delta.data)
                 elif isinstance(delta, ToolCallRequest):

@@ -119,6 +119,20 @@ class EventLog:
             self._write([env])
         return env
 
+    def merge_delta(self, agent_id: str, etype: str, step: int, delta: str, turn_id: str | None) -> bool:
+        """The streaming hot path: add a `text_chunk`/`think_chunk` delta to the held event
+        of the same stream, without building the chunk at all. False when there is none
+        (then `emit` the chunk). Same rule as `_mergeable` for these two types."""
+        if not self._held:
+            return False
+        last = self._held[-1]
+        held = last.event
+        if (last.agent_id != agent_id or last.turn_id != turn_id or held["type"] != etype
+                or held.get("step") != step or len(held["delta"]) + len(delta) > MAX_MERGED_DELTA):
+            return False
+        held["delta"] += delta
+        return True
+
     @staticmethod
     def _mergeable(last: Envelope, agent_id: str, event: dict[str, Any], turn_id: str | None) -> bool:
         prev = last.event
