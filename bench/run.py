@@ -31,15 +31,18 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kode_rpc import __version__ as kode_version
 from kode_rpc.client import RpcClient, server_command
+
+if TYPE_CHECKING:
+    from tests.pg import PgServer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 ENV_DROPPED = ("KODE_PROVIDER", "KODE_MODEL", "KODE_MAX_AGENTS", "KODE_DATA_DIR", "KODE_LOG_DIR", "KODE_CONFIG_DIR")
@@ -110,6 +113,8 @@ class Row:
     error: bool = False
     inclusive: bool = False
     """The target itself passes (`<=` / `>=`): issue 10's targets are written that way."""
+    stores: dict[str, float | None] | None = None
+    """One measure on each store (`--only stores`): a column per store in the table; `value` is SQLite's."""
 
     @property
     def op(self) -> str:
@@ -151,6 +156,8 @@ def goal(name: str, value: float | None, unit: str, target: float | None, note: 
 def fmt(value: float | None) -> str:
     if value is None:
         return "n/a"
+    if isinstance(value, int):
+        return f"{value:,}"
     if value == int(value) and abs(value) >= 100:
         return f"{int(value):,}"
     if abs(value) >= 100:
@@ -253,8 +260,27 @@ def server_cwd(env: dict[str, str]) -> str:
     return env["KODE_LOG_DIR"]
 
 
-async def start_server(env: dict[str, str], server: str | None = None) -> TimedClient:
-    client = await TimedClient.spawn(env=env, server=server or SERVER.exe, cwd=server_cwd(env))
+@dataclass(frozen=True)
+class Store:
+    """A store a server is pointed at with `--store URL` (as a user does), and the variables its
+    servers need besides (PostgreSQL: `PGPASSFILE`, so the URL carries no password)."""
+
+    kind: str
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def store_args(store: Store | None) -> tuple[str, ...]:
+    return ("--store", store.url) if store else ()
+
+
+def store_env(env: dict[str, str], store: Store | None) -> dict[str, str]:
+    return {**env, **store.env} if store else env
+
+
+async def start_server(env: dict[str, str], server: str | None = None, store: Store | None = None) -> TimedClient:
+    client = await TimedClient.spawn(*store_args(store), env=store_env(env, store), server=server or SERVER.exe,
+                                     cwd=server_cwd(env))
     try:
         await client.initialize(processId=os.getpid())
     except BaseException:
@@ -271,8 +297,9 @@ async def stop_server(client: RpcClient) -> None:
 
 
 @asynccontextmanager
-async def running_server(tmp: TempDirs, data_dir: str | None = None) -> AsyncIterator[TimedClient]:
-    client = await start_server(server_env(tmp, data_dir))
+async def running_server(tmp: TempDirs, data_dir: str | None = None,
+                         store: Store | None = None) -> AsyncIterator[TimedClient]:
+    client = await start_server(server_env(tmp, data_dir), store=store)
     try:
         yield client
     except BaseException:
@@ -443,6 +470,8 @@ class StreamRun:
     sent: float
     chunk_times: list[float]
     done: float
+    stored: int
+    """Events of the turn, all kinds (each is stored before it is sent)."""
 
     @property
     def window(self) -> float:
@@ -459,6 +488,10 @@ class StreamRun:
     @property
     def send_to_done_deltas_per_s(self) -> float:
         return self.deltas / (self.done - self.sent)
+
+    @property
+    def send_to_done_stored_per_s(self) -> float:
+        return self.stored / (self.done - self.sent)
 
     @property
     def first_chunk_ms(self) -> float:
@@ -507,7 +540,8 @@ async def stream_once(client: TimedClient, deltas: list[str]) -> StreamRun:
     chunk_events = [e for e in client.events_of(agent_id, "text_chunk") if e.get("turnId") == sent["turnId"]]
     check_stream(chunk_events, client.events_of(agent_id, "text_chunk_end"), "".join(deltas))
     check(len(watch.chunk_times) == len(chunk_events), "text_chunk events seen twice or missed by the watch")
-    return StreamRun(len(deltas), len(chunk_events), sent_at, watch.chunk_times, done_at)
+    stored = sum(e.get("turnId") == sent["turnId"] for e in client.events_of(agent_id))
+    return StreamRun(len(deltas), len(chunk_events), sent_at, watch.chunk_times, done_at, stored)
 
 
 def check_stream(chunk_events: list[dict[str, Any]], end_events: list[dict[str, Any]], expected: str) -> None:
@@ -604,6 +638,18 @@ async def timed_turn(client: TimedClient, agent_id: str, expected: str, tools: i
     return (done_at - start) * 1000, len(watch.deltas)
 
 
+async def hundred_chunk_agent(client: TimedClient, counts: Counts) -> tuple[str, str]:
+    """(agent id, its reply): a new scripted agent replying in 100 chunks for `counts.turns` timed
+    turns, its `counts.turn_warmup` untimed turns done."""
+    chunks = [f"w{i} " for i in range(CHUNKS_PER_REPLY)]
+    reply = "".join(chunks)
+    agent_id = await create_agent(client, {"provider": "scripted",
+                                           "script": [{"chunks": chunks}] * (counts.turn_warmup + counts.turns)})
+    for _ in range(counts.turn_warmup):
+        await timed_turn(client, agent_id, reply)
+    return agent_id, reply
+
+
 async def bench_turns(counts: Counts, tmp: TempDirs) -> list[Row]:
     """Per-turn cost of a reply (issue 10), send -> done as the client sees it.
 
@@ -613,8 +659,6 @@ async def bench_turns(counts: Counts, tmp: TempDirs) -> list[Row]:
     (2) A turn with one `fs_read` (readonly mode, so no approval) of a 200-line file,
     then a 10-chunk reply: two model calls, a tool call and its events, in one turn.
     """
-    chunks = [f"w{i} " for i in range(CHUNKS_PER_REPLY)]
-    reply = "".join(chunks)
     tool_chunks = [f"r{i} " for i in range(TOOL_REPLY_CHUNKS)]
     work_dir = tmp.new("work")
     Path(work_dir, "notes.txt").write_text("".join(f"line {i}: some text to read\n" for i in range(200)))
@@ -622,10 +666,7 @@ async def bench_turns(counts: Counts, tmp: TempDirs) -> list[Row]:
                    for step in ({"toolCalls": [{"name": "fs_read", "input": {"path": "notes.txt"}}]},
                                 {"chunks": tool_chunks})]
     async with running_server(tmp) as client:
-        agent_id = await create_agent(client, {"provider": "scripted",
-                                               "script": [{"chunks": chunks}] * (counts.turn_warmup + counts.turns)})
-        for _ in range(counts.turn_warmup):
-            await timed_turn(client, agent_id, reply)
+        agent_id, reply = await hundred_chunk_agent(client, counts)
         timed = [await timed_turn(client, agent_id, reply) for _ in range(counts.turns)]
         info = await client.request("agent/create", {"model": {"provider": "scripted", "script": tool_script},
                                                      "permission": {"mode": "readonly"},
@@ -723,10 +764,11 @@ class RawServer:
         self.ids = itertools.count(1)
 
     @classmethod
-    async def spawn(cls, env: dict[str, str]) -> "RawServer":
+    async def spawn(cls, env: dict[str, str], store: Store | None = None) -> "RawServer":
         proc = await asyncio.create_subprocess_exec(
-            *server_command(exe=SERVER.exe), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL, env=env, cwd=server_cwd(env), limit=1 << 26)
+            *server_command(*store_args(store), exe=SERVER.exe), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=store_env(env, store),
+            cwd=server_cwd(env), limit=1 << 26)
         return cls(proc)
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -770,9 +812,10 @@ class RawServer:
         check(code == 0, f"server pid {self.proc.pid} exited with code {code} after shutdown+exit")
 
 
-async def resume_wire_ms(tmp: TempDirs, data_dir: str, agent_id: str, min_events: int) -> float:
+async def resume_wire_ms(tmp: TempDirs, data_dir: str | None, agent_id: str, min_events: int,
+                         store: Store | None = None) -> float:
     """`agent/resume {since: 0}` from request written to response read, events left undecoded."""
-    server = await RawServer.spawn(server_env(tmp, data_dir))
+    server = await RawServer.spawn(server_env(tmp, data_dir), store)
     try:
         await server.call("initialize", {"protocolVersion": 1, "clientInfo": {"name": "kode-rpc-bench"}})
         await server.call("pool/stats")  # the server is fully up (start-up is measured apart)
@@ -842,17 +885,19 @@ class TranscriptRun:
     replayed: int
 
 
-async def spawn_to_transcript_ms(tmp: TempDirs, source: str, agent_id: str, min_events: int,
-                                 binary: Path | None = None) -> TranscriptRun:
+async def spawn_to_transcript_ms(tmp: TempDirs, source: str | None, agent_id: str, min_events: int,
+                                 binary: Path | None = None, store: Store | None = None) -> TranscriptRun:
     """Spawn -> `initialize` -> `agent/resume {since: 0}` answered with every event received.
 
-    Each run copies the data dir first (untimed), so every run resumes the same history
-    (a resume appends `agent_resumed`). The end is the arrival of the resume response,
-    taken in the client's read loop, which has by then delivered every replayed event
-    (counted at that moment and checked against `replayed`).
+    Each run copies the `source` data dir first (untimed), so every run resumes the same
+    history (a resume appends `agent_resumed`); with a `store` the server uses that store
+    as it is (`--store URL`, no copy: each run's history is one event longer). The end is
+    the arrival of the resume response, taken in the client's read loop, which has by then
+    delivered every replayed event (counted at that moment and checked against `replayed`).
     """
     data_dir = tmp.new("data")
-    shutil.copytree(source, data_dir, dirs_exist_ok=True)
+    if source is not None:
+        shutil.copytree(source, data_dir, dirs_exist_ok=True)
     env = server_env(tmp, data_dir)
     replay_seen = 0
     at_response: list[tuple[float, int]] = []
@@ -865,7 +910,7 @@ async def spawn_to_transcript_ms(tmp: TempDirs, source: str, agent_id: str, min_
             at_response.append((now, replay_seen))
 
     start = time.perf_counter()
-    client = await start_server(env, exe_of(binary))
+    client = await start_server(env, exe_of(binary), store)
     initialized = (time.perf_counter() - start) * 1000
     client.on_message = on_message
     try:
@@ -929,6 +974,53 @@ async def check_agents_loaded(client: RpcClient, agent_ids: list[str], messages:
     check(stats["active"] == len(agent_ids), f"pool/stats active={stats['active']}, expected {len(agent_ids)}")
 
 
+@dataclass
+class LoadRun:
+    """One server filled with echo agents in parallel; memory in MiB from /proc (None off Linux)."""
+
+    agents: int
+    turns: int
+    idle: float | None
+    """VmRSS right after `initialize`."""
+    fresh: float | None
+    """VmRSS after the first `agent/create` ("agent ready")."""
+    loaded: float | None
+    peak: float | None
+    fill_s: float
+    events: int
+    """Events the fill stored (all delivered, and each is stored before it is sent)."""
+
+    @property
+    def per_agent_kb(self) -> float | None:
+        return None if self.loaded is None or self.idle is None else (self.loaded - self.idle) / self.agents * 1024
+
+    @property
+    def turns_per_s(self) -> float:
+        return self.turns / self.fill_s
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.fill_s
+
+
+async def load_agents(client: TimedClient, counts: Counts) -> LoadRun:
+    """`counts.agents` echo agents, `counts.turns_per_agent` `agent/complete` turns each, agents in
+    parallel (as a server behind many chat panels), on a server that has done nothing else yet."""
+    pid = client.proc.pid
+    idle = rss_mb(pid)
+    agent_ids = [await create_agent(client, {"provider": "echo"})]
+    fresh = rss_mb(pid)  # "agent ready": initialize + agent/create answered
+    agent_ids += [await create_agent(client, {"provider": "echo"}) for _ in range(counts.agents - 1)]
+    before = len(client.events)
+    start = time.perf_counter()
+    await asyncio.gather(*(fill_agent(client, a, counts.turns_per_agent) for a in agent_ids))
+    fill_s = time.perf_counter() - start
+    events = len(client.events) - before
+    await check_agents_loaded(client, agent_ids, 2 * counts.turns_per_agent)
+    return LoadRun(counts.agents, counts.agents * counts.turns_per_agent, idle, fresh, rss_mb(pid),
+                   rss_mb(pid, "VmHWM"), fill_s, events)
+
+
 async def bench_memory(counts: Counts, tmp: TempDirs) -> list[Row]:
     """Resident memory of one server holding many active agents.
 
@@ -937,29 +1029,19 @@ async def bench_memory(counts: Counts, tmp: TempDirs) -> list[Row]:
     keeping it around. The idle row is the cost of an empty server.
     """
     async with running_server(tmp) as client:
-        pid = client.proc.pid
-        idle = rss_mb(pid)
-        agent_ids = [await create_agent(client, {"provider": "echo"})]
-        fresh = rss_mb(pid)  # "agent ready": initialize + agent/create answered
-        agent_ids += [await create_agent(client, {"provider": "echo"}) for _ in range(counts.agents - 1)]
-        start = time.perf_counter()
-        await asyncio.gather(*(fill_agent(client, a, counts.turns_per_agent) for a in agent_ids))
-        fill_s = time.perf_counter() - start
-        await check_agents_loaded(client, agent_ids, 2 * counts.turns_per_agent)
-        loaded, peak = rss_mb(pid), rss_mb(pid, "VmHWM")
+        load = await load_agents(client, counts)
     shape = f"{counts.agents} echo agents x {2 * counts.turns_per_agent} messages"
-    per_agent = None if loaded is None or idle is None else (loaded - idle) / counts.agents * 1024
-    turns = counts.agents * counts.turns_per_agent
+    per_agent = load.per_agent_kb
     return [
-        Row("rss_loaded", loaded, "MB", 100, note=shape),
-        Row("rss_peak_loaded (VmHWM)", peak, "MB", note=shape),
-        Row("rss_idle_after_initialize (baseline)", idle, "MB"),
-        goal("rss_fresh (agent ready)", fresh, "MiB", 45, note="VmRSS after initialize + agent/create answered"),
+        Row("rss_loaded", load.loaded, "MB", 100, note=shape),
+        Row("rss_peak_loaded (VmHWM)", load.peak, "MB", note=shape),
+        Row("rss_idle_after_initialize (baseline)", load.idle, "MB"),
+        goal("rss_fresh (agent ready)", load.fresh, "MiB", 45, note="VmRSS after initialize + agent/create answered"),
         goal("rss_per_agent", per_agent, "KB", 0.27 * 1024,
              note="(loaded - idle) / agents; target 0.27 MiB"
                   + ("" if per_agent is None else f", = {per_agent / 1024:.3f} MiB")),
-        Row("echo_turns_per_s (while filling)", turns / fill_s, "turns/s",
-            note=f"{turns:,} agent/complete, {counts.agents} agents in parallel"),
+        Row("echo_turns_per_s (while filling)", load.turns_per_s, "turns/s",
+            note=f"{load.turns:,} agent/complete, {counts.agents} agents in parallel"),
     ]
 
 
@@ -1081,6 +1163,217 @@ async def bench_checkpoints(counts: Counts, tmp: TempDirs) -> list[Row]:
     ]
 
 
+# --- stores: SQLite vs PostgreSQL (vs JSON) ---------------------------------------------
+
+STORE_KINDS = ("sqlite", "postgres", "json")
+"""The columns of the store comparison; `sqlite` is the default store, the one the other rows use."""
+EVENTS_PER_ECHO_TURN = 11
+"""An echo turn of one delta stores 11 events (see `build_transcript`); an agent starts with 1."""
+
+
+def import_repo_tests() -> None:
+    """Make the repository's `tests` package importable: its fake provider server and its
+    throwaway PostgreSQL cluster are reused here rather than copied."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+class StoreLab:
+    """Fresh, empty stores of each kind for one comparison.
+
+    PostgreSQL is a throwaway cluster started by `tests/pg.py`'s `PgServer` (as user
+    postgres when we are root; fsync off, like the tests: these rows time kode-rpc, not a
+    disk). Servers reach it over TCP on 127.0.0.1 with scram-sha-256 and a `PGPASSFILE`,
+    the deployment docs' advice, so no password sits in the URL (a password there would also
+    be registered as a secret and every event scanned for it, which SQLite URLs never pay).
+    Without PostgreSQL binaries (or when the cluster does not start) `skipped` says why and
+    only the other stores are measured: no failure, CI machines need not have PostgreSQL.
+    """
+
+    def __init__(self, tmp: TempDirs) -> None:
+        self.tmp = tmp
+        self.pg: PgServer | None = None
+        self.skipped = ""
+        self.pgpass = ""
+        self.user = ""
+
+    def start_postgres(self) -> None:
+        import_repo_tests()
+        try:
+            from tests.pg import PASSWORD, SUPERUSER, start_pg
+        except ImportError as exc:  # pytest (which tests/pg.py imports) is a dev dependency
+            self.skipped = f"tests/pg.py not importable: {exc}"
+            return
+        try:
+            started = start_pg()
+        except Exception as exc:  # e.g. no user to run it as (root without a `postgres` user)
+            started = f"PostgreSQL did not start: {exc}"
+        if isinstance(started, str):
+            self.skipped = started
+            return
+        self.pg = started
+        self.pgpass = os.path.join(self.tmp.new("pgpass"), "pgpass")
+        with open(self.pgpass, "w", encoding="utf-8") as fh:
+            fh.write(f"127.0.0.1:{started.port}:*:{SUPERUSER}:{PASSWORD}\n")
+        os.chmod(self.pgpass, 0o600)  # libpq ignores a pgpass file others can read
+        self.user = SUPERUSER
+
+    def kinds(self) -> list[str]:
+        return [k for k in STORE_KINDS if k != "postgres" or self.pg is not None]
+
+    def fresh(self, kind: str) -> Store:
+        """A new empty store of `kind` (a new file, database or folder)."""
+        if kind == "sqlite":
+            return Store(kind, f"sqlite://{self.tmp.new('sqlite')}/kode.db")
+        if kind == "json":
+            return Store(kind, f"json://{self.tmp.new('json')}")
+        assert self.pg is not None, "no PostgreSQL cluster: kinds() leaves postgres out"
+        db = self.pg.create_database("bench")
+        return Store(kind, f"postgresql://{self.user}@127.0.0.1:{self.pg.port}/{db}", {"PGPASSFILE": self.pgpass})
+
+    def connections(self, store: Store) -> dict[str, int]:
+        """The store's database connections by `application_name` ("kode-rpc": pooled,
+        "kode-rpc locks": the advisory-lock connection), from `pg_stat_activity`."""
+        if store.kind != "postgres" or self.pg is None:
+            return {}
+        database = store.url.rsplit("/", 1)[1]  # as `fresh` made it: no query string
+        out = self.pg.psql("SELECT application_name, count(*) FROM pg_stat_activity "
+                           f"WHERE datname = '{database}' GROUP BY 1 ORDER BY 1")
+        return {name: int(n) for name, _, n in (line.rpartition("|") for line in out.splitlines() if line)}
+
+    def close(self) -> None:
+        if self.pg is not None:
+            self.pg.destroy()
+
+
+async def copy_into(source_url: str, target: Store, tmp: TempDirs) -> None:
+    """`kode-rpc store copy SOURCE TARGET`, the way a user moves agents to another store,
+    run by the server under test."""
+    env = store_env(server_env(tmp), target)
+    cmd = [*server_command(exe=SERVER.exe)[:-1], "store", "copy", source_url, target.url]  # [:-1]: not `serve`
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, cwd=server_cwd(env), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    check(proc.returncode == 0, f"store copy to {target.kind} exited {proc.returncode}: {out[-500:]!r}")
+
+
+def store_row(name: str, values: dict[str, float | None], unit: str, note: str = "") -> Row:
+    """One measure with a column per store (None: not measured there, or not applicable)."""
+    columns = {kind: values.get(kind) for kind in STORE_KINDS}
+    return Row(name, columns["sqlite"], unit, note=note, stores=columns)
+
+
+def connections_row(name: str, by_name: dict[str, int] | None, when: str) -> Row:
+    """A PostgreSQL-only row: one server's connections, the note split by `application_name`."""
+    if by_name is None:
+        return store_row(name, {}, "connections", note=f"{when}: postgres not measured")
+    split = ", ".join(f"{n} {app!r}" for app, n in by_name.items()) or "none"
+    return store_row(name, {"postgres": sum(by_name.values())}, "connections", note=f"{when}: {split}")
+
+
+async def bench_stores(counts: Counts, tmp: TempDirs) -> list[Row]:
+    """SQLite vs PostgreSQL (vs JSON files), measured as the user feels them, in one run (issue 11).
+
+    Every figure is a real server spawned with `--store URL` on a fresh store and driven over
+    stdio, like the other rows, so the columns differ only in the store.
+    (1) Per-turn cost: the 100-chunk scripted turns of `turn_100_chunks` (send -> done; `done`
+    goes out after the turn's events are stored), one server per store, all up at once, taking
+    turns, so a busy moment of the machine hits every store alike.
+    (2) Events persisted per second: a long streamed reply (`counts.chunks` deltas), every event
+    of the turn / send -> done, in the same rotation.
+    (3) Capacity: one server filling `counts.agents` echo agents in parallel (RSS per agent,
+    turns and events stored per second) and, on PostgreSQL, the connections it holds
+    (`pg_stat_activity`) before and after.
+    (4) Editor restart: an agent of >= `counts.resume_events` events, seeded once on SQLite by
+    echo turns and moved to each store with `kode-rpc store copy`; each run spawns a new server
+    -> `initialize` -> `agent/resume {since: 0}` with every event received (runs alternate
+    between stores, so they share the machine's moments).
+    """
+    lab = StoreLab(tmp)
+    await asyncio.to_thread(lab.start_postgres)
+    try:
+        kinds = lab.kinds()
+        turns: dict[str, list[float]] = {kind: [] for kind in kinds}
+        streams: dict[str, list[StreamRun]] = {kind: [] for kind in kinds}
+        deltas = [f"w{i} " for i in range(counts.chunks)]
+        async with AsyncExitStack() as servers:
+            clients = {kind: await servers.enter_async_context(running_server(tmp, store=lab.fresh(kind)))
+                       for kind in kinds}
+            agents = {kind: await hundred_chunk_agent(client, counts) for kind, client in clients.items()}
+            for _ in range(counts.turns):  # turn by turn in rotation: a busy moment hits every store
+                for kind, (agent_id, reply) in agents.items():
+                    turns[kind].append((await timed_turn(clients[kind], agent_id, reply))[0])
+            for _ in range(counts.chunk_runs):
+                for kind, client in clients.items():
+                    streams[kind].append(await stream_once(client, deltas))
+        loads: dict[str, LoadRun] = {}
+        conns: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+        for kind in kinds:
+            store = lab.fresh(kind)
+            async with running_server(tmp, store=store) as client:
+                idle = await asyncio.to_thread(lab.connections, store)
+                loads[kind] = await load_agents(client, counts)
+                conns[kind] = (idle, await asyncio.to_thread(lab.connections, store))
+        messages = 2 * math.ceil(counts.resume_events / EVENTS_PER_ECHO_TURN)
+        seed, agent_id, last_seq = await build_transcript(tmp, messages)
+        targets = {kind: lab.fresh(kind) for kind in kinds}
+        for store in targets.values():
+            await copy_into(f"sqlite://{seed}/kode.db", store, tmp)
+        resumes: dict[str, list[TranscriptRun]] = {kind: [] for kind in kinds}
+        wires: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for _ in range(counts.transcript_runs):
+            for kind, store in targets.items():
+                resumes[kind].append(await spawn_to_transcript_ms(tmp, None, agent_id, last_seq, store=store))
+                wires[kind].append(await resume_wire_ms(tmp, None, agent_id, last_seq, store))
+    finally:
+        await asyncio.to_thread(lab.close)
+
+    def per(values: Callable[[str], float | None]) -> dict[str, float | None]:
+        return {kind: values(kind) for kind in kinds}
+
+    skipped = f"; postgres skipped: {lab.skipped}" if lab.skipped else ""
+    pg_conns = conns.get("postgres")
+    shape = f"{counts.agents} echo agents x {2 * counts.turns_per_agent} messages in parallel"
+    return [
+        store_row("store_turn_100_chunks_median", per(lambda k: statistics.median(turns[k])), "ms",
+                  note=f"send -> done, {CHUNKS_PER_REPLY}-chunk scripted reply, {counts.turns} turns on one agent "
+                       f"after {counts.turn_warmup} warm-up{skipped}"),
+        store_row("store_turn_100_chunks_p95", per(lambda k: percentile(turns[k], 95)), "ms",
+                  note=f"N={counts.turns}"),
+        store_row("store_stream_events_per_s (send to done)", per(lambda k: median_of(streams[k],
+                                                                                      "send_to_done_stored_per_s")),
+                  "events/s", note=f"every event of a {counts.chunks:,}-delta reply (stored, then sent) / "
+                                   f"send -> done, {counts.chunk_runs} run(s), median; deltas merge while a "
+                                   "batch commits, so a slower commit makes fewer, bigger events"),
+        store_row("store_stream_deltas_per_s (send to done)", per(lambda k: median_of(streams[k],
+                                                                                      "send_to_done_deltas_per_s")),
+                  "deltas/s", note="the same turns in source deltas (deltas merge into fewer events)"),
+        store_row("store_echo_turns_per_s (parallel)", per(lambda k: loads[k].turns_per_s), "turns/s",
+                  note=f"{counts.agents * counts.turns_per_agent:,} agent/complete, {shape}"),
+        store_row("store_echo_events_per_s (parallel)", per(lambda k: loads[k].events_per_s), "events/s",
+                  note=f"events those turns stored / the same time ({loads[kinds[0]].events:,} events): "
+                       "sustained events persisted, none merged"),
+        store_row("store_rss_per_agent", per(lambda k: loads[k].per_agent_kb), "KB",
+                  note=f"(loaded - idle) / {counts.agents}, {shape}"),
+        store_row("store_rss_idle_after_initialize", per(lambda k: loads[k].idle), "MiB",
+                  note="an empty server on that store"),
+        store_row("store_rss_loaded", per(lambda k: loads[k].loaded), "MiB", note=shape),
+        connections_row("store_pg_connections_idle", pg_conns and pg_conns[0], "one server after initialize"),
+        connections_row("store_pg_connections_loaded", pg_conns and pg_conns[1],
+                        f"the same server after {shape} (default poolMax 20)"),
+        store_row("store_spawn_to_transcript_median", per(lambda k: median_of(resumes[k], "total_ms")), "ms",
+                  note=f"spawn -> initialize -> agent/resume since 0 answered, {resumes[kinds[0]][0].replayed:,} "
+                       f"events received, {counts.transcript_runs} run(s) per store, median"),
+        store_row("store_resume_since_0_median",
+                  per(lambda k: statistics.median(r.total_ms - r.initialize_ms for r in resumes[k])), "ms",
+                  note="the same runs from initialize answered to the resume answered"),
+        store_row("store_resume_since_0_wire_median", per(lambda k: statistics.median(wires[k])), "ms",
+                  note="the resume (after initialize + pool/stats) through a client that splits frames but "
+                       "never decodes the events: the server's share"),
+    ]
+
+
 # --- provider overhead -------------------------------------------------------------------
 
 
@@ -1109,7 +1402,7 @@ async def bench_provider(counts: Counts, tmp: TempDirs) -> list[Row]:
     pipe. (2) A stream paced at 1,000 tokens/s: are events delivered as fast as they
     come (the rate should be the model's, not the server's)?
     """
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import_repo_tests()
     from tests.fakes import FakeResponse, FakeServer
 
     fake = await FakeServer().start()
@@ -1165,6 +1458,7 @@ MEASUREMENTS: list[tuple[str, Callable[[Counts, TempDirs], Awaitable[list[Row]]]
     ("memory", bench_memory),
     ("provider", bench_provider),
     ("checkpoints", bench_checkpoints),
+    ("stores", bench_stores),
 ]
 
 
@@ -1216,17 +1510,36 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def render_table(rows: list[Row]) -> str:
-    header = ("name", "value", "unit", "target", "result", "note")
-    cells = [header] + [(r.name, fmt(r.value), r.unit, r.target_text, r.status, r.note) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(header) - 1)]
+def layout(cells: Sequence[tuple[str, ...]], figures: int) -> str:
+    """Aligned columns with a rule under the header: the name left, the next `figures` columns
+    right-aligned, the rest left; the last one (a note) is not padded and its rule is its header's."""
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    widths[-1] = len(cells[0][-1])
     lines = []
     for i, c in enumerate(cells):
-        lines.append("  ".join([c[0].ljust(widths[0]), c[1].rjust(widths[1]),
-                                *(c[j].ljust(widths[j]) for j in range(2, 5)), c[5]]).rstrip())
+        lines.append("  ".join(c[j].rjust(widths[j]) if 1 <= j <= figures else c[j].ljust(widths[j])
+                               for j in range(len(c))).rstrip())
         if i == 0:
-            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 4)
+            lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def render_table(rows: list[Row]) -> str:
+    """The rows as a table; rows measured on each store follow as a second table, a column per store."""
+    header = ("name", "value", "unit", "target", "result", "note")
+    cells = [header] + [(r.name, fmt(r.value), r.unit, r.target_text, r.status, r.note)
+                        for r in rows if r.stores is None]
+    by_store = [r for r in rows if r.stores is not None]
+    tables = [layout(cells, 1)] if len(cells) > 1 or not by_store else []
+    return "\n\n".join(tables + ([render_stores(by_store)] if by_store else []))
+
+
+def render_stores(rows: list[Row]) -> str:
+    """Store comparison rows side by side: one row per measure, a column per store."""
+    kinds = list(dict.fromkeys(kind for r in rows for kind in r.stores or {}))
+    cells = [("store comparison", *kinds, "unit", "note")]
+    cells += [(r.name, *(fmt((r.stores or {}).get(k)) for k in kinds), r.unit, r.note) for r in rows]
+    return layout(cells, len(kinds))
 
 
 def render_comparison(before: dict[str, Any], rows: list[Row], label_now: str = "now") -> str:
@@ -1241,14 +1554,7 @@ def render_comparison(before: dict[str, Any], rows: list[Row], label_now: str = 
                       b["status"] if b else "-"))
     for name, b in old.items():  # rows only the earlier run has
         cells.append((name, fmt(b["value"]), "-", b["unit"], "-", "-", b["status"]))
-    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-    lines = []
-    for i, c in enumerate(cells):
-        lines.append("  ".join([c[0].ljust(widths[0]), c[1].rjust(widths[1]), c[2].rjust(widths[2]),
-                                *(c[j].ljust(widths[j]) for j in range(3, len(header)))]).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return layout(cells, 2)
 
 
 def report_of(result: RunResult, quick: bool, counts: Counts, seconds: float) -> dict[str, Any]:
