@@ -67,9 +67,11 @@ def prefix_upper_bound(prefix: str) -> str | None:
 def health_model(connected: bool, latency_ms: float, writable: bool, error: str | None = None) -> StoreHealth:
     from ..protocol.system import StoreHealth
 
+    from .. import secrets
+
     database: dict[str, Any] = {"connected": connected, "latencyMs": latency_ms}
     if error is not None:
-        database["error"] = error
+        database["error"] = secrets.redact(error)  # a driver's message reaches store/health and GET /health
     return StoreHealth.model_validate({
         "healthy": connected and writable,
         "database": database,
