@@ -644,6 +644,7 @@ async def test_old_schema_gets_missing_migrations(db_path: Path, monkeypatch: py
     def migration_2(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE agents ADD COLUMN extra TEXT")
 
+    newest = len(sqlite_mod.MIGRATIONS) + 1
     monkeypatch.setattr(sqlite_mod, "MIGRATIONS", [*sqlite_mod.MIGRATIONS, migration_2])
     s = SQLiteStore(str(db_path))
     await s.open()
@@ -652,8 +653,42 @@ async def test_old_schema_gets_missing_migrations(db_path: Path, monkeypatch: py
     finally:
         await s.close()
     with raw(db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == newest
         assert "extra" in [r[1] for r in conn.execute("PRAGMA table_info(agents)")]
+
+
+async def test_a_version_1_store_keeps_its_agents_configs(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 2 moves config and metadata into `agent_config`; the agents row keeps
+    only small, often-updated columns, so updating it never rewrites a large config."""
+    with monkeypatch.context() as m:  # a store written by a version 1 server
+        m.setattr(sqlite_mod, "MIGRATIONS", sqlite_mod.MIGRATIONS[:1])
+        s = SQLiteStore(str(db_path))
+        await s.open()
+        await s.close()
+    row = agent("old")
+    row.config = {"systemPrompt": "p" * 100_000, "model": {"provider": "echo"}}
+    row.metadata = {"team": "x"}
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        conn.execute(f"INSERT INTO agents ({sqlite_mod.AGENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                     sqlite_mod._agent_params(row))
+    s = SQLiteStore(str(db_path))
+    await s.open()
+    try:
+        got = await s.get_agent("old")
+        assert got is not None and got.config == row.config and got.metadata == {"team": "x"}
+        await s.update_agent("old", state="WORKING", runtime={"modelCalls": 1})
+        await s.update_agent("old", metadata={"team": "y"})
+        got = await s.get_agent("old")
+        assert got is not None and got.state == "WORKING" and got.config == row.config
+        assert got.metadata == {"team": "y"} and got.runtime == {"modelCalls": 1}
+        assert [a.agent_id for a in (await s.list_agents(None, 10, None))[0]] == ["old"]
+    finally:
+        await s.close()
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_mod.SCHEMA_VERSION
+        assert conn.execute("SELECT config_json FROM agents WHERE agent_id = 'old'").fetchone()[0] == "{}"
+        assert len(conn.execute("SELECT config_json FROM agent_config").fetchone()[0]) > 100_000
 
 
 # ------------------------------------------------------------ observability
