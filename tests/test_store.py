@@ -245,29 +245,6 @@ async def test_ten_thousand_events_intact_and_fast(store: SQLiteStore) -> None:
     assert best < 0.1, f"read_events of 10,000 rows took {best * 1000:.1f} ms"
 
 
-# ----------------------------------------------------------------- messages
-
-
-async def test_messages_before_limit_total(store: SQLiteStore) -> None:
-    await store.create_agent(agent("a1"))
-    for i in range(10):
-        store.append_message(msg("a1", i, "user" if i % 2 == 0 else "assistant"))
-    await store.barrier()
-    rows, total = await store.load_messages("a1")
-    assert total == 10 and [m.index for m in rows] == list(range(10))
-    assert rows[3] == msg("a1", 3, "assistant")
-    rows, total = await store.load_messages("a1", limit=3)
-    assert total == 10 and [m.index for m in rows] == [7, 8, 9]
-    rows, total = await store.load_messages("a1", before=5)
-    assert total == 10 and [m.index for m in rows] == [0, 1, 2, 3, 4]
-    rows, total = await store.load_messages("a1", limit=2, before=5)
-    assert total == 10 and [m.index for m in rows] == [3, 4]
-    got = await store.get_agent("a1")
-    assert got is not None and got.message_count == 10
-    with pytest.raises(StoreError):
-        await store.append_message(msg("a1", 3))
-
-
 # -------------------------------------------------- tools, approvals, turns
 
 
@@ -329,14 +306,6 @@ async def test_turns_in_creation_order(store: SQLiteStore) -> None:
     assert turns[0] == TurnRow("a1", "tz", 0, "done", ts(1), 3, "completed")
     assert [t.turn_id for t in await store.load_turns("a1", ["queued", "running"])] == ["ta", "tm"]
     assert await store.load_turns("a1", []) == []
-
-
-async def test_todos(store: SQLiteStore) -> None:
-    await store.create_agent(agent("a1"))
-    assert await store.get_todos("a1") == []
-    store.set_todos("a1", [{"id": "1", "content": "x", "status": "pending"}])
-    await store.set_todos("a1", [{"id": "2", "content": "y", "status": "completed"}])
-    assert await store.get_todos("a1") == [{"id": "2", "content": "y", "status": "completed"}]
 
 
 # --------------------------------------------------------------------- fork

@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import sys
 from typing import BinaryIO, NoReturn
 
 from ..config import data_dir as resolve_data_dir
-from ..config import http_listen, load_settings
-from ..logs import setup_logging
 from ..runtime.host import open_runtime
 from ..sandbox.process import kill_all
-from ..server.rpc import take_stdout
+from ..server.rpc import end_process, start_process
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +80,10 @@ async def _main(data_dir: str, proto_out: BinaryIO, listen: tuple[str, int] | No
 
 
 def serve_acp(data_dir: str | None, log_level: str, http: str | None = None) -> NoReturn:
-    proto_out = take_stdout()
-    settings = load_settings()
-    debug = settings.debug
-    setup_logging("DEBUG" if debug.verbose else log_level, debug.redact_sensitive)
-    try:
-        listen = http_listen(http, settings)
-    except ValueError as exc:  # `[http] listen` is not [HOST:]PORT (`--http` was checked by argparse)
-        log.error("--http / [http] listen: %s", exc)
-        _finish(1)
+    proto_out, listen = start_process(log_level, http)
     try:
         code = asyncio.run(_main(resolve_data_dir(data_dir), proto_out, listen))
     except Exception:
         log.exception("kode-rpc acp failed")
         code = 1
-    _finish(code)
-
-
-def _finish(code: int) -> NoReturn:
-    logging.shutdown()
-    sys.stderr.flush()
-    os._exit(code)
+    end_process(code)

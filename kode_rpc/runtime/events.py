@@ -98,13 +98,10 @@ class EventLog:
         `await envelope.delivered` to wait until it is durable."""
         event = model.wire()
         etype = event["type"]
-        if etype in MERGEABLE and self._held:
-            last = self._held[-1]
-            if self._mergeable(last, agent_id, event, turn_id):
-                last.event["delta"] += event["delta"]
-                if event.get("truncated"):
-                    last.event["truncated"] = True
-                return last
+        if etype in MERGEABLE:
+            held = self._merge(agent_id, event, turn_id)
+            if held is not None:
+                return held
         seq = self._seq[agent_id] + 1
         self._seq[agent_id] = seq
         env = Envelope(agent_id, seq, now_iso(), channel_of(etype), turn_id, event)
@@ -121,30 +118,28 @@ class EventLog:
 
     def merge_delta(self, agent_id: str, etype: str, step: int, delta: str, turn_id: str | None) -> bool:
         """The streaming hot path: add a `text_chunk`/`think_chunk` delta to the held event
-        of the same stream, without building the chunk at all. False when there is none
-        (then `emit` the chunk). Same rule as `_mergeable` for these two types."""
-        if not self._held:
-            return False
-        last = self._held[-1]
-        held = last.event
-        if (last.agent_id != agent_id or last.turn_id != turn_id or held["type"] != etype
-                or held.get("step") != step or len(held["delta"]) + len(delta) > MAX_MERGED_DELTA):
-            return False
-        held["delta"] += delta
-        return True
+        of the same stream without building the chunk model; False when there is none
+        (then `emit` the chunk)."""
+        return self._merge(agent_id, {"type": etype, "step": step, "delta": delta}, turn_id) is not None
 
-    @staticmethod
-    def _mergeable(last: Envelope, agent_id: str, event: dict[str, Any], turn_id: str | None) -> bool:
+    def _merge(self, agent_id: str, event: dict[str, Any], turn_id: str | None) -> Envelope | None:
+        """Merge a delta event into the last held one of the same stream; that envelope, or None."""
+        if not self._held:
+            return None
+        last = self._held[-1]
         prev = last.event
-        return (
-            last.agent_id == agent_id
-            and last.turn_id == turn_id
-            and prev["type"] == event["type"]
-            and prev.get("step") == event.get("step")
-            and prev.get("callId") == event.get("callId")
-            and prev.get("stream") == event.get("stream")
-            and len(prev["delta"]) + len(event["delta"]) <= MAX_MERGED_DELTA
-        )
+        if not (last.agent_id == agent_id
+                and last.turn_id == turn_id
+                and prev["type"] == event["type"]
+                and prev.get("step") == event.get("step")
+                and prev.get("callId") == event.get("callId")
+                and prev.get("stream") == event.get("stream")
+                and len(prev["delta"]) + len(event["delta"]) <= MAX_MERGED_DELTA):
+            return None
+        prev["delta"] += event["delta"]
+        if event.get("truncated"):
+            prev["truncated"] = True
+        return last
 
     def flush(self) -> None:
         """Write held deltas now (before any other event, so seq order is kept)."""

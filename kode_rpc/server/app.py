@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from ..config import data_dir as resolve_data_dir
-from ..config import http_listen, load_settings
-from ..logs import setup_logging
 from ..sandbox.process import kill_all
 from ..runtime.host import open_runtime
 from ..store.base import StoreError
 from ..store.lease import pid_alive
 from .handlers import Session
-from .rpc import Connection, Output, start_stdin_reader, take_stdout
+from .rpc import Connection, Output, end_process, start_process, start_stdin_reader
 
 if TYPE_CHECKING:
     from .http import HttpEndpoint
@@ -138,16 +134,8 @@ def _tune_gc() -> None:
 
 
 def serve(data_dir: str | None, framing: str, log_level: str, max_agents: int | None = None,
-          http: str | None = None) -> int:
-    proto_out = take_stdout()
-    settings = load_settings()
-    debug = settings.debug
-    setup_logging("DEBUG" if debug.verbose else log_level, debug.redact_sensitive)
-    try:
-        listen = http_listen(http, settings)
-    except ValueError as exc:
-        log.error("--http / [http] listen: %s", exc)
-        return _finish(None, 1)
+          http: str | None = None) -> NoReturn:
+    proto_out, listen = start_process(log_level, http)
     app = App(resolve_data_dir(data_dir), framing, max_agents, listen)
     try:
         code = asyncio.run(app.run(proto_out))
@@ -157,14 +145,4 @@ def serve(data_dir: str | None, framing: str, log_level: str, max_agents: int | 
     except Exception:
         log.exception("server failed")
         code = 1
-    return _finish(getattr(app, "output", None), code)
-
-
-def _finish(output: Output | None, code: int) -> NoReturn:
-    """Flush what is left and end the process with `code`."""
-    if output is not None:
-        output.close()
-    logging.shutdown()
-    sys.stderr.flush()
-    # The stdin reader thread may sit in a blocking read; do not wait for it.
-    os._exit(code)
+    end_process(code, getattr(app, "output", None))

@@ -23,7 +23,7 @@ import select
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from ..protocol.errors import (
     INPUT_TOO_LARGE,
@@ -417,3 +417,31 @@ def take_stdout() -> BinaryIO:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     return os.fdopen(proto_fd, "wb", buffering=0)
+
+
+def start_process(log_level: str, http: str | None) -> tuple[BinaryIO, tuple[str, int] | None]:
+    """What each face (`serve`, `acp`) does first: take stdout for the protocol, read the
+    settings, set up logging, and resolve where the HTTP endpoint listens (`--http`, else
+    `[http] listen`). Ends the process with exit 1 when `[http] listen` is not [HOST:]PORT."""
+    from ..config import http_listen, load_settings
+    from ..logs import setup_logging
+
+    proto_out = take_stdout()
+    settings = load_settings()
+    debug = settings.debug
+    setup_logging("DEBUG" if debug.verbose else log_level, debug.redact_sensitive)
+    try:
+        return proto_out, http_listen(http, settings)
+    except ValueError as exc:  # `--http` itself was checked by the command line
+        log.error("--http / [http] listen: %s", exc)
+        end_process(1)
+
+
+def end_process(code: int, output: Output | None = None) -> NoReturn:
+    """Flush what is left (frames, logs) and end the process with `code`. `os._exit`: the
+    stdin reader thread may sit in a blocking read, and nothing may wait for it."""
+    if output is not None:
+        output.close()
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
