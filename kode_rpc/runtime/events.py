@@ -99,7 +99,8 @@ class EventLog:
         event = model.wire()
         etype = event["type"]
         if etype in MERGEABLE:
-            held = self._merge(agent_id, event, turn_id)
+            held = self._merge(agent_id, turn_id, etype, event.get("step"), event.get("callId"), event.get("stream"),
+                               event["delta"], bool(event.get("truncated")))
             if held is not None:
                 return held
         seq = self._seq[agent_id] + 1
@@ -120,24 +121,23 @@ class EventLog:
         """The streaming hot path: add a `text_chunk`/`think_chunk` delta to the held event
         of the same stream without building the chunk model; False when there is none
         (then `emit` the chunk)."""
-        return self._merge(agent_id, {"type": etype, "step": step, "delta": delta}, turn_id) is not None
+        return self._merge(agent_id, turn_id, etype, step, None, None, delta) is not None
 
-    def _merge(self, agent_id: str, event: dict[str, Any], turn_id: str | None) -> Envelope | None:
-        """Merge a delta event into the last held one of the same stream; that envelope, or None."""
+    def _merge(self, agent_id: str, turn_id: str | None, etype: str, step: int | None, call_id: str | None,
+               stream: str | None, delta: str, truncated: bool = False) -> Envelope | None:
+        """Merge a delta into the last held event of the same stream (agent, turn, type,
+        step, call, output stream) while it stays under MAX_MERGED_DELTA; that envelope,
+        or None. Fields, not an event dict: this runs once per streamed chunk."""
         if not self._held:
             return None
         last = self._held[-1]
         prev = last.event
-        if not (last.agent_id == agent_id
-                and last.turn_id == turn_id
-                and prev["type"] == event["type"]
-                and prev.get("step") == event.get("step")
-                and prev.get("callId") == event.get("callId")
-                and prev.get("stream") == event.get("stream")
-                and len(prev["delta"]) + len(event["delta"]) <= MAX_MERGED_DELTA):
+        if (last.agent_id != agent_id or last.turn_id != turn_id or prev["type"] != etype
+                or prev.get("step") != step or prev.get("callId") != call_id or prev.get("stream") != stream
+                or len(prev["delta"]) + len(delta) > MAX_MERGED_DELTA):
             return None
-        prev["delta"] += event["delta"]
-        if event.get("truncated"):
+        prev["delta"] += delta
+        if truncated:
             prev["truncated"] = True
         return last
 
