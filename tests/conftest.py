@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from kode_rpc.client import RpcClient
+from kode_rpc.loop import new_loop
 
 from .fakes import FakeServer
 
@@ -17,6 +18,12 @@ pytest_plugins = ["tests.pg"]
 """`KODE_TEST_STORE=postgres|json|sqlite` runs every test's servers on a fresh store of that kind."""
 
 Spawn = Callable[..., Awaitable[RpcClient]]
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """In-process async tests run on the loop the server runs on (`kode_rpc.loop`), where
+    the SQLite store commits inline; its thread mode is tested on plain asyncio loops."""
+    return {"kode": new_loop}
 
 
 @pytest.fixture

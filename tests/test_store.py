@@ -389,9 +389,9 @@ async def test_failing_item_does_not_roll_back_its_batch(store: SQLiteStore, db_
     batches: list[list[asyncio.Future[Any]]] = []
     run_batch = store._run_batch
 
-    def recording(conn: sqlite3.Connection, items: list[Any]) -> Any:
+    def recording(conn: sqlite3.Connection, items: list[Any], wait: bool = True) -> Any:
         batches.append([item.fut for item in items])
-        return run_batch(conn, items)
+        return run_batch(conn, items, wait=wait)
 
     monkeypatch.setattr(store, "_run_batch", recording)
     # Hold SQLite's write lock from outside so the writer stalls on the first

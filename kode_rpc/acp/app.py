@@ -18,6 +18,7 @@ import signal
 from typing import BinaryIO, NoReturn
 
 from ..config import data_dir as resolve_data_dir
+from ..loop import run as run_loop
 from ..runtime.host import open_runtime
 from ..sandbox.process import kill_all
 from ..server.rpc import end_process, start_process
@@ -82,7 +83,7 @@ async def _main(data_dir: str, proto_out: BinaryIO, listen: tuple[str, int] | No
 def serve_acp(data_dir: str | None, log_level: str, http: str | None = None) -> NoReturn:
     proto_out, listen = start_process(log_level, http)
     try:
-        code = asyncio.run(_main(resolve_data_dir(data_dir), proto_out, listen))
+        code = run_loop(_main(resolve_data_dir(data_dir), proto_out, listen))
     except Exception:
         log.exception("kode-rpc acp failed")
         code = 1

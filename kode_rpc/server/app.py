@@ -17,6 +17,7 @@ import signal
 from typing import TYPE_CHECKING, NoReturn
 
 from ..config import data_dir as resolve_data_dir
+from ..loop import run as run_loop
 from ..sandbox.process import kill_all
 from ..runtime.host import open_runtime
 from ..store.base import StoreError
@@ -138,7 +139,7 @@ def serve(data_dir: str | None, framing: str, log_level: str, max_agents: int | 
     proto_out, listen = start_process(log_level, http)
     app = App(resolve_data_dir(data_dir), framing, max_agents, listen)
     try:
-        code = asyncio.run(app.run(proto_out))
+        code = run_loop(app.run(proto_out))
     except (StoreError, ValueError) as exc:  # a bad URL, a newer schema, a JSON folder in use: say so, exit 1
         log.error("cannot open the store: %s", exc)
         code = 1

@@ -65,9 +65,9 @@ async def copy_agents(source: Store, target: Store, agent_ids: list[str] | None 
 
 def run_copy(source_url: str, target_url: str, agent_ids: list[str] | None) -> int:
     """The CLI command: 0 when every requested agent was copied or skipped, 1 otherwise."""
-    import asyncio
     import logging
 
+    from ..loop import run as run_loop
     from .base import StoreError
     from .url import make_store, mask_url, store_section
 
@@ -98,7 +98,7 @@ def run_copy(source_url: str, target_url: str, agent_ids: list[str] | None) -> i
                          + (f", {len(report.missing)} not found" if report.missing else "") + "\n")
         return 1 if report.missing else 0
 
-    return asyncio.run(main())
+    return run_loop(main())
 
 
 def _say(line: str) -> None:

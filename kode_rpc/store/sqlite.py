@@ -2,8 +2,10 @@
 
 Why this shape:
 
-* The shared group-commit writer (`writer.py`) runs on a thread that owns the
-  only write connection. Write methods snapshot their arguments (JSON-encoding
+* The shared group-commit writer (`writer.py`) owns the only write connection and,
+  on the server's loop, commits on the event loop thread whenever the loop goes
+  idle (inline mode; a locked database hands that batch to a thread instead of
+  blocking the loop). Write methods snapshot their arguments (JSON-encoding
   dicts right away, so later mutation by the caller cannot leak into the row),
   enqueue a closure and return an `asyncio.Future` at once. `_run_batch` runs
   everything queued in ONE `BEGIN IMMEDIATE` transaction (group commit: one WAL
@@ -70,7 +72,7 @@ from .common import (
 )
 from .consistency import FINAL_TOOL_STATES, ConsistencyView
 from .lease import lease_is_free, pid_alive
-from .writer import KIND_DELETE, BatchCounters, GroupCommitWriter, Result, WriteItem
+from .writer import KIND_DELETE, BatchCounters, GroupCommitWriter, Result, WouldBlock, WriteItem
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -342,7 +344,9 @@ class SQLiteStore(WriterStore):
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
         self._counters = BatchCounters()
-        """Counter raises of the batch being written (writer thread only)."""
+        """Counter raises of the batch being written (whoever runs batches: one at a time)."""
+        self._writer_waits = True
+        """Whether the write connection waits for a lock held elsewhere (`busy_timeout`); see `_run_batch`."""
         self._checkpointer: Checkpointer | None = None
 
     # ------------------------------------------------------------ life cycle
@@ -362,7 +366,8 @@ class SQLiteStore(WriterStore):
             os.makedirs(directory, exist_ok=True)
         writer: GroupCommitWriter[sqlite3.Connection] = GroupCommitWriter(
             "kode-store-writer", self._writer_connect, lambda conn, items: self._run_batch(conn, items),
-            self._writer_disconnect, self._closed_error, MAX_BATCH)
+            self._writer_disconnect, self._closed_error, MAX_BATCH,
+            run_inline=lambda conn, items: self._run_batch(conn, items, wait=False))
         await writer.start()
         self._writer = writer
         self._checkpointer = Checkpointer(self._connect)
@@ -440,8 +445,12 @@ class SQLiteStore(WriterStore):
         except sqlite3.Error:
             logger.warning("closing the write connection failed", exc_info=True)
 
-    def _run_batch(self, conn: sqlite3.Connection, items: list[WriteItem]) -> list[Result]:
+    def _run_batch(self, conn: sqlite3.Connection, items: list[WriteItem], wait: bool = True) -> list[Result]:
         """Run `items` in one transaction; return per-item outcomes.
+
+        `wait=False` (the writer's inline mode, on the event loop): never wait for
+        another connection's write lock; raise `WouldBlock` instead, before anything
+        is written (the writer then runs the batch on a thread with `wait=True`).
 
         Items almost never fail, so the batch first runs without savepoints (a third
         of the statements: SAVEPOINT/RELEASE around each item cost more than most
@@ -451,11 +460,16 @@ class SQLiteStore(WriterStore):
         full, ...) fails them all.
         """
         t0 = time.perf_counter()
+        if wait != self._writer_waits:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS if wait else 0}")
+            self._writer_waits = wait
         try:
             results = self._attempt(conn, items, savepoints=False)
             if results is None:
                 results = self._attempt(conn, items, savepoints=True)
                 assert results is not None
+        except WouldBlock:
+            raise
         except Exception as exc:
             logger.error("store write batch of %d items failed: %s", len(items), exc)
             if conn.in_transaction:
@@ -473,7 +487,12 @@ class SQLiteStore(WriterStore):
         results: list[Result] = []
         counters = self._counters
         counters.clear()
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not self._writer_waits and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                raise WouldBlock(str(exc)) from exc
+            raise
         for item in items:
             assert item.fn is not None
             if not savepoints:

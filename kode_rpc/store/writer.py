@@ -1,16 +1,29 @@
 """The group-commit writer every backend shares, and the store's operation counters.
 
 Write methods are plain methods called on the event loop thread: they snapshot
-their arguments, `submit` a closure and return an `asyncio.Future` at once. One
-dedicated thread drains whatever is queued (at most `max_batch` items) and hands
-the batch to the backend's `run_batch(conn, items)`, which commits it as one
-transaction (SQLite: `BEGIN IMMEDIATE` + a savepoint per item; PostgreSQL: a
+their arguments, `submit` a closure and return an `asyncio.Future` at once. The
+writer collects what is queued (at most `max_batch` items) and hands the batch to
+the backend's `run_batch(conn, items)`, which commits it as one transaction
+(SQLite: `BEGIN IMMEDIATE`, no savepoints unless an item fails; PostgreSQL: a
 transaction + a savepoint per item; JSON: one append per file) and returns one
-outcome per item. Outcomes are delivered to each future's loop in order, one
-wake-up per loop per batch. Order of commits is call order.
+outcome per item. Order of commits is call order.
 
-`conn` is whatever the backend's `connect()` returned on the writer thread (a
-sqlite3 connection, a psycopg pool, the store itself).
+Two ways to run batches:
+
+* **thread**: one dedicated thread drains the queue; outcomes are delivered to
+  each future's loop, one wake-up per loop per batch. PostgreSQL (a network round
+  trip per commit) and JSON always; SQLite on a loop without idle hooks.
+* **inline** (a backend that gives `run_inline`, on a loop from `kode_rpc.loop`):
+  batches run on the event loop thread when it is about to wait for I/O, or once
+  the oldest queued write is `MAX_HOLD_S` old while the loop stays busy. No thread
+  hand-off and no GIL contention (see `kode_rpc/loop.py` for the measurement).
+  `run_inline` must not wait: when it would (SQLite: the database is locked by
+  another process) it raises `WouldBlock` before changing anything, and that batch
+  runs with `run_batch` on a worker thread while the loop goes on; later writes
+  wait for it, so order holds.
+
+`conn` is whatever the backend's `connect()` returned (a sqlite3 connection, a
+psycopg pool, the store itself); `connect()` and `disconnect()` run off the loop.
 """
 
 from __future__ import annotations
@@ -22,7 +35,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
-__all__ = ["GroupCommitWriter", "WriteItem", "Result", "StoreStats", "BatchCounters",
+from ..loop import idle_hooks
+
+__all__ = ["GroupCommitWriter", "WriteItem", "Result", "StoreStats", "BatchCounters", "WouldBlock",
            "KIND_SAVE", "KIND_DELETE", "KIND_BARRIER", "KIND_STOP"]
 
 logger = logging.getLogger(__name__)
@@ -152,6 +167,15 @@ def post_one(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) ->
     post(fut.get_loop(), [(fut, value, exc)])
 
 
+def settle(results: list[Result]) -> None:
+    """Inline mode, on the loop: settle futures of this loop now, hand others to theirs."""
+    loop = asyncio.get_running_loop()
+    if all(result[0].get_loop() is loop for result in results):
+        resolve_all(results)
+    else:
+        deliver(results)
+
+
 def deliver(results: list[Result]) -> None:
     """Hand results to each future's loop, one wake-up per loop per batch, in order."""
     by_loop: dict[asyncio.AbstractEventLoop, list[Result]] = {}
@@ -161,34 +185,63 @@ def deliver(results: list[Result]) -> None:
         post(loop, part)
 
 
-class GroupCommitWriter(Generic[C]):
-    """One writer thread, one queue, batches of up to `max_batch` items.
+class WouldBlock(Exception):
+    """Raised by a backend's `run_inline` when the batch cannot run without waiting."""
 
-    `connect()` runs first on the writer thread (open, migrate); an exception
-    there fails `start()`. `run_batch(conn, items)` must return one `Result`
-    per item, in order, and never raise. `disconnect(conn)` runs when the
-    writer stops. `closed_error()` builds the exception for writes that arrive
-    after the stop.
+
+MAX_HOLD_S = 0.002
+"""Inline mode: the longest a write waits for the loop to go idle before it is committed
+anyway (a loop that never idles still commits about every 2 ms)."""
+
+
+class GroupCommitWriter(Generic[C]):
+    """One queue, batches of up to `max_batch` items, run on a thread or inline (module doc).
+
+    `connect()` runs first, off the loop (open, migrate); an exception there fails
+    `start()`. `run_batch(conn, items)` must return one `Result` per item, in order,
+    and never raise; `run_inline(conn, items)` likewise, or raise `WouldBlock`.
+    `disconnect(conn)` runs when the writer stops. `closed_error()` builds the
+    exception for writes that arrive after the stop.
     """
 
     def __init__(self, name: str, connect: Callable[[], C], run_batch: Callable[[C, list[WriteItem]], list[Result]],
                  disconnect: Callable[[C], None], closed_error: Callable[[], BaseException],
-                 max_batch: int = 256) -> None:
+                 max_batch: int = 256, run_inline: Callable[[C, list[WriteItem]], list[Result]] | None = None) -> None:
         self.name = name
         self._connect = connect
         self._run_batch = run_batch
+        self._run_inline = run_inline
         self._disconnect = disconnect
         self._closed_error = closed_error
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[WriteItem] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # inline mode
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hooks: list[Any] | None = None
+        self._conn: C | None = None
+        self._pending: list[WriteItem] = []
+        self._oldest = 0.0
+        self._off_loop: asyncio.Future[list[Result]] | None = None
+        """The batch handed to a worker thread after `WouldBlock`, while it runs."""
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        return self._thread is not None or self._loop is not None
+
+    @property
+    def inline(self) -> bool:
+        """Whether batches run on the event loop (inline mode) rather than a thread."""
+        return self._loop is not None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        hooks = idle_hooks(loop) if self._run_inline is not None else None
+        if hooks is not None:
+            self._conn = await asyncio.to_thread(self._connect)
+            self._loop, self._hooks = loop, hooks
+            hooks.append(self._on_select)
+            return
         ready: asyncio.Future[None] = loop.create_future()
         thread = threading.Thread(target=self._main, args=(ready,), name=self.name, daemon=True)
         thread.start()
@@ -200,7 +253,10 @@ class GroupCommitWriter(Generic[C]):
         self._thread = thread
 
     async def stop(self) -> None:
-        """Commit everything queued, then stop the thread (writes after this fail)."""
+        """Commit everything queued, then stop (writes after this fail)."""
+        if self._loop is not None:
+            await self._stop_inline()
+            return
         if self._thread is None:
             return
         stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -211,10 +267,68 @@ class GroupCommitWriter(Generic[C]):
 
     def submit(self, fn: Callable[[Any], Any], kind: str = KIND_SAVE, agent_id: str | None = None) -> asyncio.Future[Any]:
         """Queue a write; must run on the event loop thread (it creates the future there)."""
-        fut = asyncio.get_running_loop().create_future()
-        self._queue.put(WriteItem(fn, fut, kind, agent_id))
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        item = WriteItem(fn, fut, kind, agent_id)
+        if self._loop is None:
+            self._queue.put(item)
+        elif loop is not self._loop:
+            raise RuntimeError(f"{self.name}: a write from another event loop than the store's")
+        else:
+            if not self._pending:
+                self._oldest = loop.time()
+            self._pending.append(item)
         return fut
 
+    # --- inline mode -----------------------------------------------------------------
+    def _on_select(self, idle: bool) -> bool:
+        """The loop's idle hook: commit what is queued when the loop is about to wait,
+        or when the oldest write has waited `MAX_HOLD_S` / a full batch is queued."""
+        if not self._pending or self._off_loop is not None:
+            return False
+        assert self._loop is not None
+        if not idle and len(self._pending) < self.max_batch and self._loop.time() - self._oldest < MAX_HOLD_S:
+            return False
+        self._run_pending()
+        return True
+
+    def _run_pending(self) -> None:
+        """Run one batch of the queued writes on the loop, or hand it to a thread on `WouldBlock`."""
+        assert self._loop is not None and self._run_inline is not None
+        batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+        if self._pending:
+            self._oldest = self._loop.time()
+        try:
+            results = self._run_inline(self._conn, batch)  # type: ignore[arg-type]
+        except WouldBlock:
+            self._off_loop = self._loop.run_in_executor(None, self._run_batch, self._conn, batch)
+            self._off_loop.add_done_callback(lambda fut: self._ran_off_loop(batch, fut))
+            return
+        except BaseException as exc:  # pragma: no cover - a bug in a backend
+            logger.exception("store batch failed")
+            results = [(item.fut, None, exc) for item in batch]
+        settle(results)
+
+    def _ran_off_loop(self, batch: list[WriteItem], fut: asyncio.Future[list[Result]]) -> None:
+        self._off_loop = None
+        exc = fut.exception() if not fut.cancelled() else None
+        settle(fut.result() if exc is None and not fut.cancelled()
+               else [(item.fut, None, exc or self._closed_error()) for item in batch])
+
+    async def _stop_inline(self) -> None:
+        assert self._loop is not None and self._hooks is not None
+        while self._pending or self._off_loop is not None:
+            if self._off_loop is not None:
+                await asyncio.wait([self._off_loop])
+                await asyncio.sleep(0)  # let its done callback settle the batch
+                continue
+            self._run_pending()
+        self._hooks.remove(self._on_select)
+        conn, self._conn = self._conn, None
+        self._loop = self._hooks = None
+        await asyncio.to_thread(self._disconnect, conn)  # type: ignore[arg-type]
+
+    # --- thread mode -----------------------------------------------------------------
     def _main(self, ready: asyncio.Future[None]) -> None:
         loop = ready.get_loop()
         try:
