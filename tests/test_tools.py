@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from kode_rpc.sandbox.fstype import fs_type, is_local, parse_mountinfo
 from kode_rpc.sandbox.local import LocalSandbox
+from kode_rpc.tools import fs
 from kode_rpc.tools.base import Tool, ToolResult, builtin_tools
 from kode_rpc.tools.bash import OutputBuffer, ShellRegistry
 
@@ -143,6 +145,106 @@ async def test_read_big_file_streams_window(ctx: FakeCtx, work: Path) -> None:
     res = await call(ctx, "fs_read", path="big.txt", offset=5, limit=3)
     assert res.ok and res.data["content"] == line * 3
     assert res.data["totalLines"] == count and res.data["truncated"]
+
+
+# ------------------------------------------- fs_read on the loop or on a thread
+
+
+@pytest.fixture
+def threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the functions the file tools ran on a worker thread."""
+    ran: list[str] = []
+    real = asyncio.to_thread
+
+    async def spy(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", spy)
+    return ran
+
+
+on_loop_reads = pytest.mark.skipif(not fs.ON_LOOP_READS, reason="no RWF_NOWAIT reads here (Linux only)")
+
+
+def drop_from_page_cache(path: Path) -> bool:
+    """Evict a file's pages (written back first); False where that cannot work (tmpfs).
+    Not probed afterwards: a read that finds the cache empty starts a readahead."""
+    if fs_type(str(path)) in ("tmpfs", "ramfs"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return True
+
+
+@on_loop_reads
+async def test_a_small_cached_file_on_a_local_disk_is_read_on_the_loop(ctx: FakeCtx, work: Path,
+                                                                      threads: list[str]) -> None:
+    assert is_local(str(work)), f"the test's temp dir is on {fs_type(str(work))}"
+    (work / "a.txt").write_text("one\ntwo\n")
+    res = await call(ctx, "fs_read", path="a.txt")
+    assert res.ok and res.data["content"] == "one\ntwo\n"
+    assert threads == []
+
+
+@on_loop_reads
+@pytest.mark.parametrize("why", ["remote filesystem", "too big for the loop", "not in the page cache"])
+async def test_a_read_that_could_wait_goes_to_a_thread(ctx: FakeCtx, work: Path, threads: list[str],
+                                                       monkeypatch: pytest.MonkeyPatch, why: str) -> None:
+    text = "".join(f"line {i}\n" for i in range(100))
+    if why == "too big for the loop":
+        text = "y" * 99 + "\n"
+        text *= fs.ON_LOOP_READ_MAX // len(text) + 1
+    (work / "a.txt").write_text(text)
+    if why == "remote filesystem":
+        monkeypatch.setattr(fs, "is_local", lambda path: False)
+    if why == "not in the page cache" and not drop_from_page_cache(work / "a.txt"):
+        pytest.skip("this filesystem keeps the file cached")
+    res = await call(ctx, "fs_read", path="a.txt", limit=1_000_000)
+    assert res.ok and res.data["content"] == text and res.data["totalLines"] == text.count("\n")
+    assert threads == ["_read"]
+
+
+@on_loop_reads
+async def test_the_loop_and_the_thread_read_the_same(ctx: FakeCtx, work: Path, threads: list[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    files = {"text.txt": b"a\nb\n", "empty.txt": b"", "no_newline.txt": b"a\nlast", "bin.dat": b"ab\x00cd",
+             "latin1.txt": b"caf\xe9\n", "crlf.txt": b"a\r\nb\r\n"}
+    for name, data in files.items():
+        (work / name).write_bytes(data)
+    os.mkfifo(work / "fifo")
+    (work / "dir").mkdir()
+    names = [*files, "fifo", "dir", "missing.txt", "secret_link.txt"]
+    on_loop = [(await call(ctx, "fs_read", path=name, offset=1, limit=5)).wire() for name in names]
+    assert threads == []
+    monkeypatch.setattr(fs, "is_local", lambda path: False)
+    on_thread = [(await call(ctx, "fs_read", path=name, offset=1, limit=5)).wire() for name in names]
+    assert on_loop == on_thread
+    assert [r["ok"] for r in on_loop] == [True, True, True, False, True, True, False, False, False, False]
+
+
+def test_mount_table_lookup() -> None:
+    table = parse_mountinfo("\n".join([
+        "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw",
+        "30 22 0:26 / /tmp rw - tmpfs tmpfs rw",
+        r"40 22 0:50 / /home/me/my\040project rw - fuse.sshfs me@host:/src rw",
+        "41 22 0:51 / /mnt/nfs rw - nfs4 srv:/export rw",
+        "42 41 8:2 / /mnt/nfs/local rw - xfs /dev/sdb1 rw",
+        "43 22 0:52 / /tmp rw - nfs srv:/tmp rw",  # mounted over /tmp later: wins
+        "garbage line",
+    ]))
+    assert ("/home/me/my project", "fuse.sshfs") in table
+    assert fs_type("/usr/lib/x", table) == "ext4" and is_local("/usr/lib/x", table)
+    assert fs_type("/home/me/my project/src/a.py", table) == "fuse.sshfs"
+    assert not is_local("/home/me/my project/a.py", table)
+    assert is_local("/home/me/my projectX/a.py", table)  # a name that only starts like the mount point
+    assert not is_local("/mnt/nfs/data.txt", table) and is_local("/mnt/nfs/local/a", table)
+    assert fs_type("/tmp/a", table) == "nfs" and not is_local("/tmp/a", table)
+    assert fs_type("/x", []) is None and not is_local("/x", [])
 
 
 # ---------------------------------------------------------------- fs_write

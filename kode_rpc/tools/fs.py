@@ -7,7 +7,9 @@ any symlink, so a path swapped for a symlink between the check and the use (by a
 background `bash_run`, say) is refused instead of leading outside.
 
 Blocking file I/O runs in a worker thread so a big grep never stalls the event
-loop; events (`file_changed`) are emitted back on the loop thread after the work
+loop. The exception is `fs_read` of a small file on a local filesystem whose bytes
+are all in the page cache: that is read on the loop, where it cannot wait (see
+`_read_cached` and `sandbox/fstype.py`; the thread hop cost more than the read). Events (`file_changed`) are emitted back on the loop thread after the work
 is done. Walks (glob, grep) are bounded: a pattern or path leading outside is
 refused before anything is listed, a walk stops at its result limit and at
 `WALK_BUDGET_S`, and when the awaiting task is cancelled (an interrupt) the thread
@@ -27,6 +29,7 @@ import logging
 import os
 import re
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +38,7 @@ from typing import Any
 from pydantic import Field
 
 from ..sandbox.base import BoundaryError, Sandbox
+from ..sandbox.fstype import is_local
 from .base import Tool, ToolContext, ToolInput, ToolResult, register
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,17 @@ a legal pattern over a huge tree must still end the turn in reasonable time."""
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 """Opening a FIFO for reading blocks until a writer comes; non-blocking, it opens
 at once and is then refused as not a regular file."""
+
+
+ON_LOOP_READS = sys.platform.startswith("linux") and hasattr(os, "preadv") and hasattr(os, "RWF_NOWAIT")
+"""Whether `fs_read` may read a small cached file on the event loop (see `_read_cached`)."""
+ON_LOOP_READ_MAX = 256 * 1024
+"""The largest file `fs_read` reads on the loop; bigger ones go to a thread."""
+
+
+class _NotNow(Exception):
+    """An `fs_read` on the loop would have to wait (remote filesystem, big or uncached file):
+    it runs on a thread instead."""
 
 
 class _Fail(Exception):
@@ -104,20 +119,25 @@ async def _guarded(fn: Callable[..., dict[str, Any]], *args: Any, budget: _Budge
         if budget is not None:
             budget.cancelled.set()
         raise
-    except _Fail as exc:
+    except (_Fail, BoundaryError, OSError) as exc:
+        return _failure(exc)
+
+
+def _failure(exc: _Fail | BoundaryError | OSError) -> ToolResult:
+    """The failed result an expected exception of a file operation stands for."""
+    if isinstance(exc, _Fail):
         return exc.result
-    except BoundaryError as exc:
+    if isinstance(exc, BoundaryError):
         return ToolResult.fail(str(exc), "boundary")
-    except FileNotFoundError as exc:
+    if isinstance(exc, FileNotFoundError):
         return ToolResult.fail(f"file not found: {exc.filename or exc}", "not_found")
-    except IsADirectoryError as exc:
+    if isinstance(exc, IsADirectoryError):
         return ToolResult.fail(f"is a directory: {exc.filename or exc}", "invalid_input")
-    except NotADirectoryError as exc:
+    if isinstance(exc, NotADirectoryError):
         return ToolResult.fail(f"file not found (a parent is not a directory): {exc.filename or exc}", "not_found")
-    except PermissionError as exc:
+    if isinstance(exc, PermissionError):
         return ToolResult.fail(f"permission denied: {exc.filename or exc}", "permission_denied")
-    except OSError as exc:
-        return ToolResult.fail(f"I/O error: {exc}", "io_error")
+    return ToolResult.fail(f"I/O error: {exc}", "io_error")
 
 
 # ---------------------------------------------------------------- helpers
@@ -164,6 +184,23 @@ def _open_regular(sandbox: Sandbox, path: str, given: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _read_cached(fd: int) -> bytes:
+    """The whole file if it is at most ON_LOOP_READ_MAX bytes and every byte is in the page
+    cache (`RWF_NOWAIT`: the kernel answers EAGAIN instead of going to the disk), else
+    `_NotNow`. One byte more is asked for, so a file that grew since `fstat` goes to a thread."""
+    size = os.fstat(fd).st_size
+    if size > ON_LOOP_READ_MAX:
+        raise _NotNow()
+    buf = bytearray(size + 1)
+    try:
+        n = os.preadv(fd, [buf], 0, os.RWF_NOWAIT)
+    except OSError:  # EAGAIN (not cached), EOPNOTSUPP (no RWF_NOWAIT here), or an error the thread reports
+        raise _NotNow() from None
+    if n != size:  # partly cached, or changed meanwhile
+        raise _NotNow()
+    return bytes(buf[:n])
 
 
 def _is_binary_head(head: bytes) -> bool:
@@ -318,21 +355,43 @@ class FsReadTool(Tool):
     readonly = True
 
     async def run(self, ctx: ToolContext, args: FsReadInput) -> ToolResult:
+        if ON_LOOP_READS:
+            try:
+                return ToolResult(ok=True, data=self._read(ctx.sandbox, args, on_loop=True))
+            except _NotNow:
+                pass
+            except (_Fail, BoundaryError, OSError) as exc:
+                return _failure(exc)
         return await _guarded(self._read, ctx.sandbox, args)
 
     @staticmethod
-    def _read(sandbox: Sandbox, args: FsReadInput) -> dict[str, Any]:
+    def _read(sandbox: Sandbox, args: FsReadInput, on_loop: bool = False) -> dict[str, Any]:
+        """The lines asked for. `on_loop`: only what cannot wait (`_NotNow` otherwise): a
+        file on a local filesystem (`sandbox/fstype.py`), at most ON_LOOP_READ_MAX bytes,
+        all of them in the page cache."""
+        if on_loop and not is_local(os.path.normpath(os.path.join(sandbox.work_dir, args.path))):
+            raise _NotNow()
         path = sandbox.resolve(args.path)
+        if on_loop and not is_local(path):
+            raise _NotNow()
         start = args.offset - 1
         with os.fdopen(_open_regular(sandbox, path, args.path), "rb") as fh:
-            if _is_binary_head(fh.read(SNIFF_BYTES)):
+            if on_loop:
+                data = _read_cached(fh.fileno())
+                if _is_binary_head(data[:SNIFF_BYTES]):
+                    raise _Fail(f"refusing to read a binary file: {args.path}", "binary")
+                lines = _split_lines(data.decode("utf-8", "replace"))
+                total = len(lines)
+                selected = lines[start : start + args.limit]
+            elif _is_binary_head(fh.read(SNIFF_BYTES)):
                 raise _Fail(f"refusing to read a binary file: {args.path}", "binary")
-            fh.seek(0)
-            if os.fstat(fh.fileno()).st_size <= BIG_FILE_BYTES:
+            elif os.fstat(fh.fileno()).st_size <= BIG_FILE_BYTES:
+                fh.seek(0)
                 lines = _split_lines(fh.read().decode("utf-8", "replace"))
                 total = len(lines)
                 selected = lines[start : start + args.limit]
             else:
+                fh.seek(0)
                 # Stream: only the requested window is decoded and kept in memory.
                 selected = []
                 total = 0
