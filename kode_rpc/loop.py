@@ -51,10 +51,10 @@ class IdleSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
         self.hooks: list[IdleHook] = []
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if self.hooks:
+        if self.hooks:  # called on every loop iteration: kept to a few attribute reads
             idle = timeout is None or timeout > 0
             worked = False
-            for hook in list(self.hooks):
+            for hook in self.hooks:  # a hook never adds or removes hooks
                 try:
                     worked = hook(idle) or worked
                 except Exception:  # a broken hook must not stop the loop

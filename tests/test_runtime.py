@@ -176,3 +176,37 @@ async def test_domain_errors(runtime: tuple[RuntimeService, FakeProvider]) -> No
         await service.create(a.AgentConfig(agent_id="r7", template_id="nope"), watcher)
     assert await service.delete("r6", watcher) is True
     assert await service.delete("r6", watcher) is False
+
+
+async def test_the_model_sees_the_whole_conversation_turn_after_turn(
+        runtime: tuple[RuntimeService, FakeProvider]) -> None:
+    """The messages a provider gets are kept and extended between calls (not rebuilt):
+    each call still gets every message so far, and a provider that changes its list
+    does not change what the next call gets."""
+    service, fake = runtime
+    seen, watcher = collect(service)
+
+    def scribble(request: ModelRequest) -> list[StreamEvent]:
+        request.messages.append({"role": "user", "content": [{"type": "text", "text": "injected"}]})
+        return [TextDelta("ok")]
+
+    fake.replies = [lambda r: [TextDelta("one")], scribble, lambda r: [TextDelta("three")]]
+    await service.create(a.AgentConfig(agent_id="conv"), watcher)
+    for text in ("a", "b", "c"):
+        await service.wait(await service.send("conv", [{"type": "text", "text": text}], "user", watcher), False)
+    stored = [{"role": m.role, "content": [b.wire() for b in m.content]} for m in (await service.messages("conv")).messages]
+    assert len(stored) == 6
+    for i, request in enumerate(fake.requests):
+        got = request.messages[:-1] if i == 1 else request.messages  # minus what scribble appended
+        assert got == stored[:2 * i + 1]
+
+
+def test_now_iso_formats_each_second_once_and_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import datetime, timezone
+
+    from kode_rpc.runtime import util
+
+    for t in (1_700_000_000.9995, 1_700_000_001.0004, 1_700_000_001.25, 1_700_003_601.5):
+        monkeypatch.setattr(util.time, "time", lambda t=t: t)
+        expected = datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert util.now_iso() == expected

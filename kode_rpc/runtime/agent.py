@@ -69,6 +69,9 @@ class Agent(ToolCalls, Approvals, Recovery):
         self.template = TEMPLATES.get(row.template_id, TEMPLATES["default"])
         self.max_steps: int = int(row.config.get("maxSteps") or self.template.max_steps)
         self.messages = messages
+        """The conversation, append-only (a rewind or a compaction hides messages, never removes them)."""
+        self._model_view: list[dict[str, Any]] = []
+        """`{role, content}` of `messages[:len(_model_view)]`, extended as messages come (`_model_messages`)."""
         self.todos = todos
         runtime = row.runtime
         self.model_calls: int = runtime.get("modelCalls", 0)
@@ -347,7 +350,7 @@ class Agent(ToolCalls, Approvals, Recovery):
         sent = len(self.messages)
         request = ModelRequest(
             system=self._system_prompt(),
-            messages=[{"role": m["role"], "content": m["content"]} for m in self.compaction.context(self.messages)],
+            messages=self._model_messages(),
             tools=[t.spec() for t in self.tools.values()],
             config=config,
             position=self.model_calls,
@@ -389,6 +392,17 @@ class Agent(ToolCalls, Approvals, Recovery):
             self.compaction.observe(sent, out.usage)
         finally:
             self._close_block(open_kind, step, out, tid)
+
+    def _model_messages(self) -> list[dict[str, Any]]:
+        """`{role, content}` of each message the model sees. While it sees the whole
+        conversation (nothing rewound or compacted) the list is kept and extended instead
+        of rebuilt: rebuilding cost time that grew with every turn of a long session."""
+        context = self.compaction.context(self.messages)
+        if context is not self.messages:
+            return [{"role": m["role"], "content": m["content"]} for m in context]
+        view = self._model_view
+        view.extend({"role": m["role"], "content": m["content"]} for m in self.messages[len(view):])
+        return list(view)  # the provider's own list: one it changed would not change ours
 
     def _close_block(self, kind: str | None, step: int, out: StepOutput, tid: str) -> None:
         if kind is not None:

@@ -180,8 +180,12 @@ class AgentCompression:
         basis = self.basis
         if basis is not None and basis.get("rewound") == len(self.agent.checkpoints.rewound):
             since = int(basis.get("messages", 0))
-            context = self.context(self.agent.messages)
-            return int(basis.get("promptTokens", 0)) + sum(tokens_of(m) for m in context if m["index"] >= since)
+            newer = 0
+            for m in reversed(self.context(self.agent.messages)):  # in index order: only the tail is new
+                if m["index"] < since:
+                    break
+                newer += tokens_of(m)
+            return int(basis.get("promptTokens", 0)) + newer
         return self.counted()
 
     # --- compressing -----------------------------------------------------------------
