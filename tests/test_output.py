@@ -3,10 +3,12 @@ the sender, and a closed stdout is survived. Real pipes, no server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
 import time
+from typing import Any
 
 from kode_rpc.server.rpc import Output
 
@@ -67,3 +69,41 @@ def test_a_closed_stdout_is_survived() -> None:
         out.send(body)  # EPIPE (SIGPIPE is ignored by Python): marked broken, no exception
     out.close()
     assert out.broken
+
+
+async def test_on_the_servers_loop_an_iterations_frames_go_out_in_few_writes(monkeypatch: Any) -> None:
+    """Frames sent in one loop iteration are written together before the loop polls
+    again, in order, in writes of at most PIPE_BUF bytes (a bigger frame alone)."""
+    r, w = os.pipe()
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting(fd: int, data: Any) -> int:
+        if fd == w:
+            writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting)
+    out = Output(os.fdopen(w, "wb", buffering=0), "ndjson")
+    try:
+        frames = [json.dumps({"i": i, "pad": "x" * 100}).encode() for i in range(30)]  # ~3.6 KB
+        for body in frames:
+            out.send(body)
+        assert writes == []  # nothing yet: the iteration is not over
+        await asyncio.sleep(0)
+        assert len(writes) == 1 and writes[0] <= Output.DIRECT_MAX
+        more = [json.dumps({"j": j, "pad": "y" * 1000}).encode() for j in range(10)]  # ~10 KB
+        for body in more:
+            out.send(body)
+        await asyncio.sleep(0)
+        assert 3 <= len(writes) - 1 <= 4 and all(n <= Output.DIRECT_MAX for n in writes)
+        expected = b"".join(body + b"\n" for body in frames + more)
+        got = bytearray()
+        while len(got) < len(expected):
+            got += os.read(r, 1 << 16)
+        assert bytes(got) == expected
+        out.send(b'{"last":1}')
+    finally:
+        out.close()  # writes what the iteration left
+    assert os.read(r, 1 << 16) == b'{"last":1}\n'
+    os.close(r)
