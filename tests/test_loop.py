@@ -205,3 +205,43 @@ async def test_close_commits_what_is_queued_even_behind_a_lock(db_path: Path) ->
         assert [e.seq for e in await again.read_events("a1")] == list(range(1, 11))
     finally:
         await again.close()
+
+
+async def test_a_ticks_writes_are_joined_and_folded_without_changing_what_is_stored(db_path: Path) -> None:
+    """Consecutive event appends queued in one loop iteration become one insert and the
+    upserts of one turn one write, yet every call gets its own future, the metrics count
+    every call, events keep their order and turns their creation order."""
+    from kode_rpc.store.base import TurnRow
+
+    from .test_store import agent, ev
+    store = SQLiteStore(str(db_path))
+    await store.open()
+    try:
+        await store.create_agent(agent("a1"))
+        runs: list[int] = []
+        run_batch = store._run_batch
+
+        def counting(conn: sqlite3.Connection, items: list, wait: bool = True) -> list:
+            runs.append(len(items))
+            return run_batch(conn, items, wait=wait)
+
+        store._run_batch = counting  # type: ignore[method-assign]
+        before = (await store.metrics())["operations"]["saves"]
+        turn_a = TurnRow("a1", "turn_a", 0, "queued", "2026-01-01T00:00:00Z", message={"role": "user", "content": []})
+        futures = [store.append_events([ev("a1", 1)]), store.append_events([ev("a1", 2), ev("a1", 3)]),
+                   store.put_turn(turn_a),
+                   store.put_turn(TurnRow("a1", "turn_b", 1, "queued", "2026-01-01T00:00:01Z")),
+                   store.append_events([ev("a1", 4)])]
+        turn_a.status, turn_a.step = "done", 2
+        futures += [store.put_turn(turn_a), store.append_events([ev("a1", 5)])]
+        assert len({id(f) for f in futures}) == len(futures)
+        await asyncio.gather(*futures)
+        assert runs == [5]  # events 1-3, turn a (with its last values), turn b, event 4, event 5
+        assert [e.seq for e in await store.read_events("a1")] == [1, 2, 3, 4, 5]
+        turns = await store.load_turns("a1")
+        assert [(t.turn_id, t.status, t.step) for t in turns] == [("turn_a", "done", 2), ("turn_b", "queued", 0)]
+        assert (await store.metrics())["operations"]["saves"] - before == 7
+        got = await store.get_agent("a1")
+        assert got is not None and got.last_seq == 5
+    finally:
+        await store.close()

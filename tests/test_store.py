@@ -32,6 +32,7 @@ from kode_rpc.store.base import (
     TurnRow,
 )
 from kode_rpc.store.sqlite import SQLiteStore, pid_alive
+from kode_rpc.store.writer import Joined
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
@@ -390,7 +391,8 @@ async def test_failing_item_does_not_roll_back_its_batch(store: SQLiteStore, db_
     run_batch = store._run_batch
 
     def recording(conn: sqlite3.Connection, items: list[Any], wait: bool = True) -> Any:
-        batches.append([item.fut for item in items])
+        batches.append([f for item in items for f in ([p[1] for p in item.fut.parts] if isinstance(item.fut, Joined)
+                                                      else [item.fut])])
         return run_batch(conn, items, wait=wait)
 
     monkeypatch.setattr(store, "_run_batch", recording)

@@ -115,11 +115,21 @@ class WriterStore(Store):
         if not self._opened or self._closing:
             raise self._closed_error()
 
-    def _enqueue(self, fn: Callable[[Any], Any], kind: str = KIND_SAVE, agent_id: str | None = None) -> asyncio.Future[Any]:
-        """Queue a write; must run on the event loop thread (it creates the future there)."""
+    def _enqueue(self, fn: Callable[[Any], Any], kind: str = KIND_SAVE, agent_id: str | None = None,
+                 key: Any = None) -> asyncio.Future[Any]:
+        """Queue a write; must run on the event loop thread (it creates the future there).
+        `key`: the row a whole-row upsert writes (`WriteItem.key`)."""
+        return self._open_writer().submit(fn, kind, agent_id, key)
+
+    def _append(self, kind: str, rows: list[Any], insert: Callable[[Any, list[Any]], Any],
+                agent_id: str | None = None) -> asyncio.Future[Any]:
+        """Queue `insert(conn, rows)`; joins a queued append of the same kind (`GroupCommitWriter.append`)."""
+        return self._open_writer().append(kind, rows, insert, agent_id)
+
+    def _open_writer(self) -> GroupCommitWriter[Any]:
         if not self._opened or self._closing or self._writer is None:
             raise self._closed_error()
-        return self._writer.submit(fn, kind, agent_id)
+        return self._writer
 
     def barrier(self) -> asyncio.Future[None]:
         """A no-op write: resolves once everything queued before it is committed."""

@@ -579,17 +579,14 @@ class SQLiteStore(WriterStore):
         it), in the same transaction, so the counter can never lag the events.
         """
         params = [(r.agent_id, r.seq, r.ts, r.channel, r.turn_id, r.type, r.json) for r in rows]
-        highest: dict[str, int] = {}
-        for r in rows:
-            if r.seq > highest.get(r.agent_id, 0):
-                highest[r.agent_id] = r.seq
+        agents = {r.agent_id for r in rows}
+        return self._append("events", params, self._insert_events, next(iter(agents)) if len(agents) == 1 else None)
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", params)
-            for aid, seq in highest.items():
-                BatchCounters.raise_(self._counters.seq, aid, seq)
-
-        return self._enqueue(op, agent_id=rows[0].agent_id if len(highest) == 1 else None)
+    def _insert_events(self, conn: sqlite3.Connection, params: list[tuple[Any, ...]]) -> None:
+        conn.executemany(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)", params)
+        seq = self._counters.seq
+        for agent_id, n, *_ in params:
+            BatchCounters.raise_(seq, agent_id, n)
 
     def append_message(self, row: MessageRow) -> asyncio.Future[None]:
         """Insert a message (a duplicate index fails with StoreError).
@@ -636,7 +633,7 @@ class SQLiteStore(WriterStore):
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(_UPSERT_TURN, params)
 
-        return self._enqueue(op, agent_id=row.agent_id)
+        return self._enqueue(op, agent_id=row.agent_id, key=("turn", row.agent_id, row.turn_id))
 
     def set_todos(self, agent_id: str, todos: list[dict[str, Any]]) -> asyncio.Future[None]:
         """Replace the agent's todo list."""

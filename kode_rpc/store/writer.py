@@ -52,13 +52,21 @@ C = TypeVar("C")
 
 @dataclass(slots=True)
 class WriteItem:
-    """One queued write: the closure runs on the writer thread inside the batch."""
+    """One queued write: the closure runs inside the batch's transaction."""
 
     fn: Callable[[Any], Any] | None
     fut: asyncio.Future[Any]
     kind: str
     agent_id: str | None = None
     """The agent the write belongs to, when one (a backend may refuse writes of agents it lost)."""
+    key: Any = None
+    """A whole-row upsert's row key: later writes of the key in the same batch are folded
+    into the first (see `collapse`)."""
+    rows: list[Any] | None = None
+    """Rows an `append` item inserts; later appends of the same kind may join them."""
+    append_kind: str | None = None
+    calls: int = 1
+    """How many write calls this item stands for (joined appends, dropped upserts)."""
 
 
 Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
@@ -106,9 +114,9 @@ class StoreStats:
                 if err is not None:
                     continue
                 if item.kind == KIND_SAVE:
-                    self.saves += 1
+                    self.saves += item.calls
                 elif item.kind == KIND_DELETE:
-                    self.deletes += 1
+                    self.deletes += item.calls
             if any(item.kind != KIND_BARRIER for item in items):
                 self.latency(ms)
 
@@ -167,6 +175,37 @@ def post_one(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) ->
     post(fut.get_loop(), [(fut, value, exc)])
 
 
+def collapse(batch: list[WriteItem]) -> tuple[list[WriteItem], list[tuple[asyncio.Future[Any], WriteItem]]]:
+    """(the items to run, (future, item) of each upsert folded into an earlier one of its key).
+    The first write of a key runs where it was queued (an insert keeps its position, e.g.
+    a turn's creation order) with the last one's values; a folded write's future gets its
+    outcome: all of them are in one transaction."""
+    if all(item.key is None for item in batch):
+        return batch, []
+    first: dict[Any, WriteItem] = {}
+    run: list[WriteItem] = []
+    dropped: list[tuple[asyncio.Future[Any], WriteItem]] = []
+    for item in batch:
+        head = first.get(item.key) if item.key is not None else None
+        if head is None:
+            if item.key is not None:
+                first[item.key] = item
+            run.append(item)
+        else:
+            head.fn = item.fn
+            head.calls += item.calls
+            dropped.append((item.fut, head))
+    return run, dropped
+
+
+def with_dropped(results: list[Result], dropped: list[tuple[asyncio.Future[Any], WriteItem]]) -> list[Result]:
+    """`results` plus an outcome for each dropped upsert: that of the write that replaced it."""
+    if not dropped:
+        return results
+    outcome = {id(fut): (value, exc) for fut, value, exc in results}
+    return results + [(fut, *outcome[id(keeper.fut)]) for fut, keeper in dropped]
+
+
 def settle(results: list[Result]) -> None:
     """Inline mode, on the loop: settle futures of this loop now, hand others to theirs."""
     loop = asyncio.get_running_loop()
@@ -183,6 +222,39 @@ def deliver(results: list[Result]) -> None:
         by_loop.setdefault(result[0].get_loop(), []).append(result)
     for loop, part in by_loop.items():
         post(loop, part)
+
+
+class Joined:
+    """Stands for the future of appends joined into one item (`GroupCommitWriter.append`):
+    hands the item's outcome to each call's own future; on a failure of several, re-queues
+    each call alone. Settled on the loop like a future (`resolve_all`)."""
+
+    def __init__(self, writer: GroupCommitWriter[Any], insert: Callable[[Any, list[Any]], Any],
+                 agent_id: str | None, kind: str) -> None:
+        self.parts: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._writer = writer
+        self._insert = insert
+        self._agent_id = agent_id
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.parts[0][1].get_loop()
+
+    def done(self) -> bool:
+        return all(fut.done() for _, fut in self.parts)
+
+    def set_result(self, value: Any) -> None:
+        for _, fut in self.parts:
+            if not fut.done():
+                fut.set_result(value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if len(self.parts) == 1 or not self._writer.running:
+            for _, fut in self.parts:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for rows, fut in self.parts:
+            self._writer._append_alone(rows, fut, self._insert, self._agent_id)
 
 
 class WouldBlock(Exception):
@@ -265,11 +337,47 @@ class GroupCommitWriter(Generic[C]):
         thread, self._thread = self._thread, None
         await asyncio.to_thread(thread.join)
 
-    def submit(self, fn: Callable[[Any], Any], kind: str = KIND_SAVE, agent_id: str | None = None) -> asyncio.Future[Any]:
-        """Queue a write; must run on the event loop thread (it creates the future there)."""
+    def submit(self, fn: Callable[[Any], Any], kind: str = KIND_SAVE, agent_id: str | None = None,
+               key: Any = None) -> asyncio.Future[Any]:
+        """Queue a write; must run on the event loop thread (it creates the future there).
+        `key`: the row a whole-row upsert writes (see `WriteItem.key`)."""
+        return self._queue_item(WriteItem(fn, asyncio.get_running_loop().create_future(), kind, agent_id, key))
+
+    def append(self, append_kind: str, rows: list[Any], insert: Callable[[Any, list[Any]], Any],
+               agent_id: str | None = None) -> asyncio.Future[Any]:
+        """Queue `insert(conn, rows)`. In inline mode, rows appended right after a queued
+        append of the same kind join it (one statement for both, each call keeping its own
+        future), so the dozen events a turn emits between other writes cost a few inserts.
+        Should a joined insert fail, each call's rows are inserted again on their own
+        (after what is queued by then), so only the failing call fails."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._pending:
+            last = self._pending[-1]
+            if last.append_kind == append_kind and isinstance(last.fut, Joined):
+                assert last.rows is not None
+                last.rows.extend(rows)
+                last.fut.parts.append((list(rows), fut))
+                last.calls += 1
+                if last.agent_id != agent_id:
+                    last.agent_id = None
+                return fut
+        joined = Joined(self, insert, agent_id, append_kind)
+        joined.parts.append((list(rows), fut))
+        batch_rows = list(rows)
+        if self._loop is None:  # thread mode: nothing joins later, the call's own future will do
+            return self.submit(lambda conn: insert(conn, batch_rows), KIND_SAVE, agent_id)
+        self._queue_item(WriteItem(lambda conn: insert(conn, batch_rows), joined, KIND_SAVE, agent_id,  # type: ignore[arg-type]
+                                   rows=batch_rows, append_kind=append_kind))
+        return fut
+
+    def _append_alone(self, rows: list[Any], fut: asyncio.Future[Any], insert: Callable[[Any, list[Any]], Any],
+                      agent_id: str | None) -> None:
+        """Re-queue one call of a joined append that failed (see `append`)."""
+        self._queue_item(WriteItem(lambda conn: insert(conn, rows), fut, KIND_SAVE, agent_id))
+
+    def _queue_item(self, item: WriteItem) -> asyncio.Future[Any]:
+        fut = item.fut
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        item = WriteItem(fn, fut, kind, agent_id)
         if self._loop is None:
             self._queue.put(item)
         elif loop is not self._loop:
@@ -298,22 +406,26 @@ class GroupCommitWriter(Generic[C]):
         batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
         if self._pending:
             self._oldest = self._loop.time()
+        items, dropped = collapse(batch)
         try:
-            results = self._run_inline(self._conn, batch)  # type: ignore[arg-type]
+            results = with_dropped(self._run_inline(self._conn, items), dropped)  # type: ignore[arg-type]
         except WouldBlock:
-            self._off_loop = self._loop.run_in_executor(None, self._run_batch, self._conn, batch)
-            self._off_loop.add_done_callback(lambda fut: self._ran_off_loop(batch, fut))
+            self._off_loop = self._loop.run_in_executor(None, self._run_batch, self._conn, items)
+            self._off_loop.add_done_callback(lambda fut: self._ran_off_loop(items, dropped, fut))
             return
         except BaseException as exc:  # pragma: no cover - a bug in a backend
             logger.exception("store batch failed")
             results = [(item.fut, None, exc) for item in batch]
         settle(results)
 
-    def _ran_off_loop(self, batch: list[WriteItem], fut: asyncio.Future[list[Result]]) -> None:
+    def _ran_off_loop(self, items: list[WriteItem], dropped: list[tuple[asyncio.Future[Any], WriteItem]],
+                      fut: asyncio.Future[list[Result]]) -> None:
         self._off_loop = None
+        if not fut.cancelled() and fut.exception() is None:
+            settle(with_dropped(fut.result(), dropped))
+            return
         exc = fut.exception() if not fut.cancelled() else None
-        settle(fut.result() if exc is None and not fut.cancelled()
-               else [(item.fut, None, exc or self._closed_error()) for item in batch])
+        settle([(f, None, exc or self._closed_error()) for f in [item.fut for item in items] + [f for f, _ in dropped]])
 
     async def _stop_inline(self) -> None:
         assert self._loop is not None and self._hooks is not None
@@ -358,7 +470,8 @@ class GroupCommitWriter(Generic[C]):
                             post_one(other.fut, None, self._closed_error())
                         break
                 if batch:
-                    deliver(self._run_batch(conn, batch))
+                    items, dropped = collapse(batch)
+                    deliver(with_dropped(self._run_batch(conn, items), dropped))
         except BaseException:  # pragma: no cover - a bug in a backend
             logger.exception("store writer thread crashed")
             raise
