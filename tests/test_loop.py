@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kode_rpc.loop import idle_hooks, new_loop
+from kode_rpc.store.base import StoreError
 from kode_rpc.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.timeout(60)
@@ -135,12 +136,9 @@ async def test_writes_commit_while_the_loop_never_goes_idle(db_path: Path) -> No
     await store.open()
     try:
         write = store.update_agent("nobody", state="READY")  # an UPDATE of no row: a valid write
-        spins = 0
         while not write.done():
-            spins += 1
             await asyncio.sleep(0)
         await write
-        assert spins > 0
     finally:
         await store.close()
 
@@ -243,5 +241,59 @@ async def test_a_ticks_writes_are_joined_and_folded_without_changing_what_is_sto
         assert (await store.metrics())["operations"]["saves"] - before == 7
         got = await store.get_agent("a1")
         assert got is not None and got.last_seq == 5
+    finally:
+        await store.close()
+
+
+async def test_heavy_writes_run_on_the_writers_thread(db_path: Path) -> None:
+    """Deleting, forking or importing a whole agent may take long: never on the loop."""
+    from .test_store import agent, ev
+    store = SQLiteStore(str(db_path))
+    await store.open()
+    try:
+        assert store._writer is not None
+        await store.create_agent(agent("a1"))
+        await store.append_events([ev("a1", n) for n in range(1, 101)])
+        threads: list[int] = []
+        heavy = store._writer.submit(lambda conn: threads.append(threading.get_ident()), heavy=True)
+        with_it = committing_thread(store)  # queued in the same iteration: the same batch, after it
+        await heavy
+        assert threads and threads[0] != threading.get_ident()
+        assert await with_it == threads[0]
+        assert await committing_thread(store) == threading.get_ident()  # later writes: back on the loop
+        assert await store.delete_agent("a1")
+        assert await store.get_agent("a1") is None
+    finally:
+        await store.close()
+
+
+async def test_a_failing_call_of_a_joined_append_fails_alone_in_its_place(db_path: Path) -> None:
+    """Appends joined into one insert are retried call by call where they stood, in the
+    same transaction as the writes around them: the order of writes holds."""
+    from .test_store import agent, ev
+    store = SQLiteStore(str(db_path))
+    await store.open()
+    try:
+        await store.create_agent(agent("a1"))
+        await store.append_events([ev("a1", 1)])
+        runs: list[int] = []
+        run_batch = store._run_batch
+
+        def counting(conn: sqlite3.Connection, items: list, wait: bool = True) -> list:
+            runs.append(len(items))
+            return run_batch(conn, items, wait=wait)
+
+        store._run_batch = counting  # type: ignore[method-assign]
+        good = store.append_events([ev("a1", 2)])
+        dup = store.append_events([ev("a1", 1)])
+        after = store.append_events([ev("a1", 3)])
+        state = store.update_agent("a1", state="S1")
+        results = await asyncio.gather(good, dup, after, state, return_exceptions=True)
+        assert runs == [2]  # one batch: the joined append and the update
+        assert results[0] is None and results[2] is None and results[3] is None
+        assert isinstance(results[1], StoreError)
+        assert [e.seq for e in await store.read_events("a1")] == [1, 2, 3]
+        got = await store.get_agent("a1")
+        assert got is not None and got.state == "S1" and got.last_seq == 3
     finally:
         await store.close()

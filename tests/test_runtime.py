@@ -206,7 +206,22 @@ def test_now_iso_formats_each_second_once_and_right(monkeypatch: pytest.MonkeyPa
 
     from kode_rpc.runtime import util
 
-    for t in (1_700_000_000.9995, 1_700_000_001.0004, 1_700_000_001.25, 1_700_003_601.5):
-        monkeypatch.setattr(util.time, "time", lambda t=t: t)
-        expected = datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    formatted: list[int] = []
+    real = util.datetime
+
+    class Counting:
+        @staticmethod
+        def fromtimestamp(t: float, tz: timezone) -> datetime:
+            formatted.append(int(t))
+            return real.fromtimestamp(t, tz)
+
+    monkeypatch.setattr(util, "datetime", Counting)
+    stamps = [1_700_000_000_999_500_000, 1_700_000_001_000_400_000, 1_700_000_001_250_000_000,
+              1_700_000_001_998_000_000, 1_700_003_601_500_000_000]
+    for ns in stamps:
+        monkeypatch.setattr(util.time, "time_ns", lambda ns=ns: ns)
+        ms = ns // 1_000_000
+        expected = real.fromtimestamp(ms // 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
         assert util.now_iso() == expected
+    assert util.now_iso().endswith(".500Z")
+    assert formatted == [1_700_000_000, 1_700_000_001, 1_700_003_601]  # once per second seen

@@ -164,7 +164,22 @@ def threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return ran
 
 
-on_loop_reads = pytest.mark.skipif(not fs.ON_LOOP_READS, reason="no RWF_NOWAIT reads here (Linux only)")
+def _nowait_reads_work() -> bool:
+    """Whether this kernel and the temp dir's filesystem answer `RWF_NOWAIT` reads."""
+    if not fs.ON_LOOP_READS:
+        return False
+    import tempfile
+    with tempfile.TemporaryFile() as f:
+        f.write(b"x")
+        f.flush()
+        try:
+            os.preadv(f.fileno(), [bytearray(2)], 0, os.RWF_NOWAIT)
+        except OSError:
+            return False
+    return True
+
+
+on_loop_reads = pytest.mark.skipif(not _nowait_reads_work(), reason="no RWF_NOWAIT reads here (Linux only)")
 
 
 def drop_from_page_cache(path: Path) -> bool:
@@ -192,7 +207,8 @@ async def test_a_small_cached_file_on_a_local_disk_is_read_on_the_loop(ctx: Fake
 
 
 @on_loop_reads
-@pytest.mark.parametrize("why", ["remote filesystem", "too big for the loop", "not in the page cache"])
+@pytest.mark.parametrize("why", ["remote filesystem", "too big for the loop", "not in the page cache",
+                                 "a symlink on the way"])
 async def test_a_read_that_could_wait_goes_to_a_thread(ctx: FakeCtx, work: Path, threads: list[str],
                                                        monkeypatch: pytest.MonkeyPatch, why: str) -> None:
     text = "".join(f"line {i}\n" for i in range(100))
@@ -200,11 +216,17 @@ async def test_a_read_that_could_wait_goes_to_a_thread(ctx: FakeCtx, work: Path,
         text = "y" * 99 + "\n"
         text *= fs.ON_LOOP_READ_MAX // len(text) + 1
     (work / "a.txt").write_text(text)
+    name = "a.txt"
     if why == "remote filesystem":
-        monkeypatch.setattr(fs, "is_local", lambda path: False)
+        monkeypatch.setattr(fs, "loop_readable", lambda path: False)
     if why == "not in the page cache" and not drop_from_page_cache(work / "a.txt"):
         pytest.skip("this filesystem keeps the file cached")
-    res = await call(ctx, "fs_read", path="a.txt", limit=1_000_000)
+    if why == "a symlink on the way":  # even one inside the work dir: where it leads is not looked at on the loop
+        (work / "sub").mkdir()
+        (work / "a.txt").rename(work / "sub" / "a.txt")
+        (work / "link").symlink_to(work / "sub")
+        name = "link/a.txt"
+    res = await call(ctx, "fs_read", path=name, limit=1_000_000)
     assert res.ok and res.data["content"] == text and res.data["totalLines"] == text.count("\n")
     assert threads == ["_read"]
 
@@ -213,18 +235,20 @@ async def test_a_read_that_could_wait_goes_to_a_thread(ctx: FakeCtx, work: Path,
 async def test_the_loop_and_the_thread_read_the_same(ctx: FakeCtx, work: Path, threads: list[str],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     files = {"text.txt": b"a\nb\n", "empty.txt": b"", "no_newline.txt": b"a\nlast", "bin.dat": b"ab\x00cd",
-             "latin1.txt": b"caf\xe9\n", "crlf.txt": b"a\r\nb\r\n"}
+             "latin1.txt": b"caf\xe9\n", "crlf.txt": b"a\r\nb\r\n",
+             "late_nul.txt": b"x\n" * 5000 + b"\x00", "long.txt": b"".join(b"line %d\n" % i for i in range(9000))}
     for name, data in files.items():
         (work / name).write_bytes(data)
     os.mkfifo(work / "fifo")
     (work / "dir").mkdir()
     names = [*files, "fifo", "dir", "missing.txt", "secret_link.txt"]
-    on_loop = [(await call(ctx, "fs_read", path=name, offset=1, limit=5)).wire() for name in names]
-    assert threads == []
-    monkeypatch.setattr(fs, "is_local", lambda path: False)
-    on_thread = [(await call(ctx, "fs_read", path=name, offset=1, limit=5)).wire() for name in names]
+    windows = [(1, 5), (3, 100_000)]
+    on_loop = [(await call(ctx, "fs_read", path=name, offset=o, limit=n)).wire() for name in names for o, n in windows]
+    assert threads == ["_read"] * 4  # a missing file and a symlink are looked up on a thread
+    monkeypatch.setattr(fs, "loop_readable", lambda path: False)
+    on_thread = [(await call(ctx, "fs_read", path=name, offset=o, limit=n)).wire() for name in names for o, n in windows]
     assert on_loop == on_thread
-    assert [r["ok"] for r in on_loop] == [True, True, True, False, True, True, False, False, False, False]
+    assert [r["ok"] for r in on_loop[::2]] == [True, True, True, False, True, True, True, True, False, False, False, False]
 
 
 def test_mount_table_lookup() -> None:
@@ -236,7 +260,8 @@ def test_mount_table_lookup() -> None:
         "42 41 8:2 / /mnt/nfs/local rw - xfs /dev/sdb1 rw",
         "43 22 0:52 / /tmp rw - nfs srv:/tmp rw",  # mounted over /tmp later: wins
         "garbage line",
-    ]))
+    ]).encode() + b"\n44 22 0:53 / /srv/caf\xe9 rw - nfs4 srv:/x rw\n")
+    assert fs_type(os.fsdecode(b"/srv/caf\xe9/notes.txt"), table) == "nfs4"  # not UTF-8: still found
     assert ("/home/me/my project", "fuse.sshfs") in table
     assert fs_type("/usr/lib/x", table) == "ext4" and is_local("/usr/lib/x", table)
     assert fs_type("/home/me/my project/src/a.py", table) == "fuse.sshfs"

@@ -15,13 +15,12 @@ def now_iso() -> str:
     """ISO-8601 UTC with milliseconds and a `Z`, the one timestamp format on the wire.
     A turn stamps a dozen events and rows: the date part is formatted once per second."""
     global _second
-    now = time.time()
-    whole = int(now)
+    whole, ms = divmod(time.time_ns() // 1_000_000, 1000)
     second, text = _second
     if whole != second:
         text = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         _second = (whole, text)
-    return f"{text}.{int((now - whole) * 1000):03d}Z"
+    return f"{text}.{ms:03d}Z"
 
 
 def new_id(prefix: str) -> str:

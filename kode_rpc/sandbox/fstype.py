@@ -16,10 +16,11 @@ Windows, no /proc) the answer is False.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
-__all__ = ["LOCAL_TYPES", "fs_type", "is_local", "parse_mountinfo"]
+__all__ = ["LOCAL_TYPES", "fs_type", "is_local", "loop_readable", "mount_of", "parse_mountinfo", "refuses_nowait"]
 
 LOCAL_TYPES = frozenset({
     "ext2", "ext3", "ext4", "xfs", "btrfs", "bcachefs", "f2fs", "jfs", "reiserfs", "zfs",
@@ -38,30 +39,32 @@ _lock = threading.Lock()
 _cache: tuple[float, list[tuple[str, str]]] | None = None
 
 
-def _unescape(field: str) -> str:
-    """Mount points in mountinfo escape space, tab, newline and backslash as octal (`\\040`)."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
+def _unescape(field: bytes) -> str:
+    """A mount point as the OS names it: mountinfo escapes space, tab, newline and backslash
+    as octal (`\\040`); the bytes are decoded like every path (`os.fsdecode`), so a
+    non-UTF-8 name still matches the paths that lead into it."""
+    out = bytearray()
+    i = 0
     while i < len(field):
         code = field[i + 1:i + 4]
-        if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
-            out.append(chr(int(code, 8)))
+        if field[i:i + 1] == b"\\" and len(code) == 3 and all(c in b"01234567" for c in code):
+            out.append(int(code, 8))
             i += 4
         else:
             out.append(field[i])
             i += 1
-    return "".join(out)
+    return os.fsdecode(bytes(out))
 
 
-def parse_mountinfo(text: str) -> list[tuple[str, str]]:
+def parse_mountinfo(text: bytes | str) -> list[tuple[str, str]]:
     """`(mount point, filesystem type)` of each line of a mountinfo table, in order."""
+    data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
     mounts = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
+    for line in data.splitlines():
+        left, sep, right = line.partition(b" - ")
         fields, tail = left.split(), right.split()
         if sep and len(fields) >= 5 and tail:
-            mounts.append((_unescape(fields[4]), tail[0]))
+            mounts.append((_unescape(fields[4]), os.fsdecode(tail[0])))
     return mounts
 
 
@@ -72,7 +75,7 @@ def _mounts() -> list[tuple[str, str]] | None:
         if _cache is not None and now - _cache[0] < REFRESH_S:
             return _cache[1]
     try:
-        with open(MOUNTINFO, encoding="utf-8", errors="replace") as f:
+        with open(MOUNTINFO, "rb") as f:
             mounts = parse_mountinfo(f.read())
     except OSError:
         return None
@@ -81,21 +84,46 @@ def _mounts() -> list[tuple[str, str]] | None:
     return mounts
 
 
-def fs_type(path: str, mounts: list[tuple[str, str]] | None = None) -> str | None:
-    """The type of the filesystem holding `path` (absolute and real: no symlink is resolved
-    here); None when unknown. `mounts` defaults to this process's mount table."""
+def mount_of(path: str, mounts: list[tuple[str, str]] | None = None) -> tuple[str, str] | None:
+    """`(mount point, type)` of the filesystem holding `path` (absolute and real: no symlink
+    is resolved here); None when unknown. `mounts` defaults to this process's mount table."""
     if mounts is None:
         mounts = _mounts()
         if mounts is None:
             return None
-    best: tuple[int, str] | None = None
+    best: tuple[str, str] | None = None
     for point, kind in mounts:
         inside = path == point or point == "/" or path.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= best[0]):  # a later mount over the same point wins
-            best = (len(point), kind)
-    return best[1] if best else None
+        if inside and (best is None or len(point) >= len(best[0])):  # a later mount over the same point wins
+            best = (point, kind)
+    return best
+
+
+def fs_type(path: str, mounts: list[tuple[str, str]] | None = None) -> str | None:
+    """The type of the filesystem holding `path`; None when unknown (see `mount_of`)."""
+    mount = mount_of(path, mounts)
+    return mount[1] if mount else None
 
 
 def is_local(path: str, mounts: list[tuple[str, str]] | None = None) -> bool:
     """Whether `path` (absolute, real) is on a filesystem in LOCAL_TYPES; False when unknown."""
     return fs_type(path, mounts) in LOCAL_TYPES
+
+
+_no_nowait: set[str] = set()
+"""Mount points whose filesystem refused a `RWF_NOWAIT` read (tmpfs on some kernels)."""
+
+
+def loop_readable(path: str) -> bool:
+    """Whether a read of `path` may be tried on the event loop: a local filesystem that
+    did not refuse non-blocking reads before."""
+    mount = mount_of(path)
+    return mount is not None and mount[1] in LOCAL_TYPES and mount[0] not in _no_nowait
+
+
+def refuses_nowait(path: str) -> None:
+    """Remember that the filesystem of `path` has no `RWF_NOWAIT` reads (its reads then
+    stay on a thread instead of failing on the loop first every time)."""
+    mount = mount_of(path)
+    if mount is not None:
+        _no_nowait.add(mount[0])

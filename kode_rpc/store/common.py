@@ -116,10 +116,11 @@ class WriterStore(Store):
             raise self._closed_error()
 
     def _enqueue(self, fn: Callable[[Any], Any], kind: str = KIND_SAVE, agent_id: str | None = None,
-                 key: Any = None) -> asyncio.Future[Any]:
+                 key: Any = None, heavy: bool = False) -> asyncio.Future[Any]:
         """Queue a write; must run on the event loop thread (it creates the future there).
-        `key`: the row a whole-row upsert writes (`WriteItem.key`)."""
-        return self._open_writer().submit(fn, kind, agent_id, key)
+        `key`: the row a whole-row upsert writes (`WriteItem.key`); `heavy`: work that may
+        take long, never run on the loop (`WriteItem.heavy`)."""
+        return self._open_writer().submit(fn, kind, agent_id, key, heavy)
 
     def _append(self, kind: str, rows: list[Any], insert: Callable[[Any, list[Any]], Any],
                 agent_id: str | None = None) -> asyncio.Future[Any]:

@@ -72,7 +72,7 @@ from .common import (
 )
 from .consistency import FINAL_TOOL_STATES, ConsistencyView
 from .lease import lease_is_free, pid_alive
-from .writer import KIND_DELETE, BatchCounters, GroupCommitWriter, Result, WouldBlock, WriteItem
+from .writer import KIND_DELETE, BatchCounters, GroupCommitWriter, Result, WouldBlock, WriteItem, split_joined
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -465,8 +465,8 @@ class SQLiteStore(WriterStore):
             self._writer_waits = wait
         try:
             results = self._attempt(conn, items, savepoints=False)
-            if results is None:
-                results = self._attempt(conn, items, savepoints=True)
+            if results is None:  # each call of a joined append on its own, in its place
+                results = self._attempt(conn, split_joined(items), savepoints=True)
                 assert results is not None
         except WouldBlock:
             raise
@@ -570,7 +570,7 @@ class SQLiteStore(WriterStore):
                 conn.execute(f"DELETE FROM {table} WHERE agent_id = ?", (agent_id,))
             return existed
 
-        return self._enqueue(op, KIND_DELETE, agent_id)
+        return self._enqueue(op, KIND_DELETE, agent_id, heavy=True)
 
     def append_events(self, rows: list[EventRow]) -> asyncio.Future[None]:
         """Insert events (a duplicate seq fails the future with StoreError).
@@ -712,7 +712,7 @@ class SQLiteStore(WriterStore):
                 (last_seq, len(messages), new_id),
             )
 
-        return self._enqueue(op, agent_id=new_id)
+        return self._enqueue(op, agent_id=new_id, heavy=True)
 
     def import_agent(self, dump: AgentDump) -> asyncio.Future[None]:
         """Write the agent and all its rows as they are, in one savepoint; AgentExists when taken."""
@@ -740,7 +740,7 @@ class SQLiteStore(WriterStore):
             if dump.todos:
                 conn.execute(_UPSERT_TODOS, todos)
 
-        return self._enqueue(op, agent_id=agent_id)
+        return self._enqueue(op, agent_id=agent_id, heavy=True)
 
     # --------------------------------------------------------------- leases
 

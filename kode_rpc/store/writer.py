@@ -32,12 +32,14 @@ import asyncio
 import logging
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 from ..loop import idle_hooks
 
-__all__ = ["GroupCommitWriter", "WriteItem", "Result", "StoreStats", "BatchCounters", "WouldBlock",
+__all__ = ["GroupCommitWriter", "WriteItem", "Result", "StoreStats", "BatchCounters", "WouldBlock", "Joined",
+           "split_joined",
            "KIND_SAVE", "KIND_DELETE", "KIND_BARRIER", "KIND_STOP"]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,9 @@ class WriteItem:
     append_kind: str | None = None
     calls: int = 1
     """How many write calls this item stands for (joined appends, dropped upserts)."""
+    heavy: bool = False
+    """Work that may take long (deleting, forking or importing a whole agent): in inline
+    mode its batch runs on the writer's worker thread, never on the loop."""
 
 
 Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
@@ -226,15 +231,14 @@ def deliver(results: list[Result]) -> None:
 
 class Joined:
     """Stands for the future of appends joined into one item (`GroupCommitWriter.append`):
-    hands the item's outcome to each call's own future; on a failure of several, re-queues
-    each call alone. Settled on the loop like a future (`resolve_all`)."""
+    hands the item's outcome to each call's own future. Settled on the loop like a future
+    (`resolve_all`). A backend that retries a failed batch item by item runs the calls
+    of a joined item one by one in its place (`split`), so only a failing call fails."""
 
-    def __init__(self, writer: GroupCommitWriter[Any], insert: Callable[[Any, list[Any]], Any],
-                 agent_id: str | None, kind: str) -> None:
+    def __init__(self, insert: Callable[[Any, list[Any]], Any], agent_id: str | None) -> None:
         self.parts: list[tuple[list[Any], asyncio.Future[Any]]] = []
-        self._writer = writer
-        self._insert = insert
-        self._agent_id = agent_id
+        self.insert = insert
+        self.agent_id = agent_id
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self.parts[0][1].get_loop()
@@ -248,13 +252,25 @@ class Joined:
                 fut.set_result(value)
 
     def set_exception(self, exc: BaseException) -> None:
-        if len(self.parts) == 1 or not self._writer.running:
-            for _, fut in self.parts:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        for rows, fut in self.parts:
-            self._writer._append_alone(rows, fut, self._insert, self._agent_id)
+        for _, fut in self.parts:
+            if not fut.done():
+                fut.set_exception(exc)
+
+
+def split_joined(items: list[WriteItem]) -> list[WriteItem]:
+    """`items` with each joined append replaced by one item per call, in its place."""
+    if not any(isinstance(item.fut, Joined) for item in items):
+        return items
+    out: list[WriteItem] = []
+    for item in items:
+        joined = item.fut
+        if not isinstance(joined, Joined):
+            out.append(item)
+            continue
+        insert = joined.insert
+        out.extend(WriteItem((lambda conn, rows=rows: insert(conn, rows)), fut, item.kind, joined.agent_id)
+                   for rows, fut in joined.parts)
+    return out
 
 
 class WouldBlock(Exception):
@@ -295,7 +311,8 @@ class GroupCommitWriter(Generic[C]):
         self._pending: list[WriteItem] = []
         self._oldest = 0.0
         self._off_loop: asyncio.Future[list[Result]] | None = None
-        """The batch handed to a worker thread after `WouldBlock`, while it runs."""
+        """The batch handed to the worker thread (`WouldBlock`, heavy work), while it runs."""
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def running(self) -> bool:
@@ -338,42 +355,38 @@ class GroupCommitWriter(Generic[C]):
         await asyncio.to_thread(thread.join)
 
     def submit(self, fn: Callable[[Any], Any], kind: str = KIND_SAVE, agent_id: str | None = None,
-               key: Any = None) -> asyncio.Future[Any]:
+               key: Any = None, heavy: bool = False) -> asyncio.Future[Any]:
         """Queue a write; must run on the event loop thread (it creates the future there).
-        `key`: the row a whole-row upsert writes (see `WriteItem.key`)."""
-        return self._queue_item(WriteItem(fn, asyncio.get_running_loop().create_future(), kind, agent_id, key))
+        `key`: the row a whole-row upsert writes (`WriteItem.key`); `heavy`: keep it off the loop."""
+        return self._queue_item(WriteItem(fn, asyncio.get_running_loop().create_future(), kind, agent_id, key,
+                                          heavy=heavy))
 
     def append(self, append_kind: str, rows: list[Any], insert: Callable[[Any, list[Any]], Any],
                agent_id: str | None = None) -> asyncio.Future[Any]:
         """Queue `insert(conn, rows)`. In inline mode, rows appended right after a queued
         append of the same kind join it (one statement for both, each call keeping its own
         future), so the dozen events a turn emits between other writes cost a few inserts.
-        Should a joined insert fail, each call's rows are inserted again on their own
-        (after what is queued by then), so only the failing call fails."""
+        Should the joined insert fail, the backend's item-by-item retry inserts each call's
+        rows in their place (`split_joined`), so only the failing call fails."""
+        if self._loop is None:  # thread mode: the queue cannot be looked into
+            return self.submit(lambda conn: insert(conn, rows), KIND_SAVE, agent_id)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._pending:
             last = self._pending[-1]
             if last.append_kind == append_kind and isinstance(last.fut, Joined):
                 assert last.rows is not None
                 last.rows.extend(rows)
-                last.fut.parts.append((list(rows), fut))
+                last.fut.parts.append((rows, fut))
                 last.calls += 1
                 if last.agent_id != agent_id:
-                    last.agent_id = None
+                    last.agent_id = last.fut.agent_id = None
                 return fut
-        joined = Joined(self, insert, agent_id, append_kind)
-        joined.parts.append((list(rows), fut))
+        joined = Joined(insert, agent_id)
+        joined.parts.append((rows, fut))
         batch_rows = list(rows)
-        if self._loop is None:  # thread mode: nothing joins later, the call's own future will do
-            return self.submit(lambda conn: insert(conn, batch_rows), KIND_SAVE, agent_id)
         self._queue_item(WriteItem(lambda conn: insert(conn, batch_rows), joined, KIND_SAVE, agent_id,  # type: ignore[arg-type]
                                    rows=batch_rows, append_kind=append_kind))
         return fut
-
-    def _append_alone(self, rows: list[Any], fut: asyncio.Future[Any], insert: Callable[[Any, list[Any]], Any],
-                      agent_id: str | None) -> None:
-        """Re-queue one call of a joined append that failed (see `append`)."""
-        self._queue_item(WriteItem(lambda conn: insert(conn, rows), fut, KIND_SAVE, agent_id))
 
     def _queue_item(self, item: WriteItem) -> asyncio.Future[Any]:
         fut = item.fut
@@ -401,22 +414,31 @@ class GroupCommitWriter(Generic[C]):
         return True
 
     def _run_pending(self) -> None:
-        """Run one batch of the queued writes on the loop, or hand it to a thread on `WouldBlock`."""
+        """Run one batch of the queued writes on the loop; on `WouldBlock`, or when it holds
+        heavy work, on the writer's worker thread instead (later writes wait for it)."""
         assert self._loop is not None and self._run_inline is not None
         batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
         if self._pending:
             self._oldest = self._loop.time()
         items, dropped = collapse(batch)
+        if not any(item.heavy for item in items):
+            try:
+                settle(with_dropped(self._run_inline(self._conn, items), dropped))  # type: ignore[arg-type]
+                return
+            except WouldBlock:
+                pass
+            except Exception as exc:  # pragma: no cover - a bug in a backend
+                logger.exception("store batch failed")
+                settle(with_dropped([(item.fut, None, exc) for item in items], dropped))
+                return
         try:
-            results = with_dropped(self._run_inline(self._conn, items), dropped)  # type: ignore[arg-type]
-        except WouldBlock:
-            self._off_loop = self._loop.run_in_executor(None, self._run_batch, self._conn, items)
-            self._off_loop.add_done_callback(lambda fut: self._ran_off_loop(items, dropped, fut))
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+            self._off_loop = self._loop.run_in_executor(self._executor, self._run_batch, self._conn, items)
+        except Exception as exc:  # the executor is gone (interpreter shutting down)
+            settle(with_dropped([(item.fut, None, exc) for item in items], dropped))
             return
-        except BaseException as exc:  # pragma: no cover - a bug in a backend
-            logger.exception("store batch failed")
-            results = [(item.fut, None, exc) for item in batch]
-        settle(results)
+        self._off_loop.add_done_callback(lambda fut: self._ran_off_loop(items, dropped, fut))
 
     def _ran_off_loop(self, items: list[WriteItem], dropped: list[tuple[asyncio.Future[Any], WriteItem]],
                       fut: asyncio.Future[list[Result]]) -> None:
@@ -424,8 +446,8 @@ class GroupCommitWriter(Generic[C]):
         if not fut.cancelled() and fut.exception() is None:
             settle(with_dropped(fut.result(), dropped))
             return
-        exc = fut.exception() if not fut.cancelled() else None
-        settle([(f, None, exc or self._closed_error()) for f in [item.fut for item in items] + [f for f, _ in dropped]])
+        exc = (fut.exception() if not fut.cancelled() else None) or self._closed_error()
+        settle(with_dropped([(item.fut, None, exc) for item in items], dropped))
 
     async def _stop_inline(self) -> None:
         assert self._loop is not None and self._hooks is not None
@@ -438,6 +460,9 @@ class GroupCommitWriter(Generic[C]):
         self._hooks.remove(self._on_select)
         conn, self._conn = self._conn, None
         self._loop = self._hooks = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
         await asyncio.to_thread(self._disconnect, conn)  # type: ignore[arg-type]
 
     # --- thread mode -----------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import errno
 import fnmatch
 import logging
 import os
@@ -38,7 +39,7 @@ from typing import Any
 from pydantic import Field
 
 from ..sandbox.base import BoundaryError, Sandbox
-from ..sandbox.fstype import is_local
+from ..sandbox.fstype import loop_readable, refuses_nowait
 from .base import Tool, ToolContext, ToolInput, ToolResult, register
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,28 @@ def _open_regular(sandbox: Sandbox, path: str, given: str) -> int:
     return fd
 
 
-def _read_cached(fd: int) -> bytes:
+def _plain_local_path(path: str, work_dir: str) -> bool:
+    """Whether `path` (absolute, normalized) is on a local filesystem and no part of it
+    below the work dir (or below `/`, for a path outside it) is a symlink: then resolving
+    and opening it stays on that filesystem. A symlink could lead into a network mount,
+    where even the lookups of `resolve` may wait; such paths are read on a thread."""
+    if not loop_readable(path):
+        return False
+    base = work_dir if path.startswith(work_dir.rstrip(os.sep) + os.sep) else os.sep
+    part = base
+    for name in os.path.relpath(path, base).split(os.sep):
+        if name in ("", "."):
+            continue
+        part = os.path.join(part, name)
+        try:
+            if stat.S_ISLNK(os.lstat(part).st_mode):
+                return False
+        except OSError:  # missing or unreadable: the thread reports it as before
+            return False
+    return True
+
+
+def _read_cached(fd: int, path: str) -> bytes:
     """The whole file if it is at most ON_LOOP_READ_MAX bytes and every byte is in the page
     cache (`RWF_NOWAIT`: the kernel answers EAGAIN instead of going to the disk), else
     `_NotNow`. One byte more is asked for, so a file that grew since `fstat` goes to a thread."""
@@ -196,7 +218,9 @@ def _read_cached(fd: int) -> bytes:
     buf = bytearray(size + 1)
     try:
         n = os.preadv(fd, [buf], 0, os.RWF_NOWAIT)
-    except OSError:  # EAGAIN (not cached), EOPNOTSUPP (no RWF_NOWAIT here), or an error the thread reports
+    except OSError as exc:  # EAGAIN (not cached), EOPNOTSUPP (no RWF_NOWAIT here), or an error the thread reports
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            refuses_nowait(path)
         raise _NotNow() from None
     if n != size:  # partly cached, or changed meanwhile
         raise _NotNow()
@@ -369,15 +393,14 @@ class FsReadTool(Tool):
         """The lines asked for. `on_loop`: only what cannot wait (`_NotNow` otherwise): a
         file on a local filesystem (`sandbox/fstype.py`), at most ON_LOOP_READ_MAX bytes,
         all of them in the page cache."""
-        if on_loop and not is_local(os.path.normpath(os.path.join(sandbox.work_dir, args.path))):
+        if on_loop and not _plain_local_path(os.path.normpath(os.path.join(sandbox.work_dir, args.path)),
+                                             sandbox.work_dir):
             raise _NotNow()
         path = sandbox.resolve(args.path)
-        if on_loop and not is_local(path):
-            raise _NotNow()
         start = args.offset - 1
         with os.fdopen(_open_regular(sandbox, path, args.path), "rb") as fh:
             if on_loop:
-                data = _read_cached(fh.fileno())
+                data = _read_cached(fh.fileno(), path)
                 if _is_binary_head(data[:SNIFF_BYTES]):
                     raise _Fail(f"refusing to read a binary file: {args.path}", "binary")
                 lines = _split_lines(data.decode("utf-8", "replace"))
