@@ -100,6 +100,19 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "kode.db"
 
 
+def batch_sizes(store: SQLiteStore) -> list[int]:
+    """The number of items of each batch the store runs from now on."""
+    runs: list[int] = []
+    run_batch = store._run_batch
+
+    def counting(conn: sqlite3.Connection, items: list, wait: bool = True) -> list:
+        runs.append(len(items))
+        return run_batch(conn, items, wait=wait)
+
+    store._run_batch = counting  # type: ignore[method-assign]
+    return runs
+
+
 def committing_thread(store: SQLiteStore) -> asyncio.Future[int]:
     """A write that reports the thread it was committed on."""
     assert store._writer is not None
@@ -216,14 +229,7 @@ async def test_a_ticks_writes_are_joined_and_folded_without_changing_what_is_sto
     await store.open()
     try:
         await store.create_agent(agent("a1"))
-        runs: list[int] = []
-        run_batch = store._run_batch
-
-        def counting(conn: sqlite3.Connection, items: list, wait: bool = True) -> list:
-            runs.append(len(items))
-            return run_batch(conn, items, wait=wait)
-
-        store._run_batch = counting  # type: ignore[method-assign]
+        runs = batch_sizes(store)
         before = (await store.metrics())["operations"]["saves"]
         turn_a = TurnRow("a1", "turn_a", 0, "queued", "2026-01-01T00:00:00Z", message={"role": "user", "content": []})
         futures = [store.append_events([ev("a1", 1)]), store.append_events([ev("a1", 2), ev("a1", 3)]),
@@ -276,14 +282,7 @@ async def test_a_failing_call_of_a_joined_append_fails_alone_in_its_place(db_pat
     try:
         await store.create_agent(agent("a1"))
         await store.append_events([ev("a1", 1)])
-        runs: list[int] = []
-        run_batch = store._run_batch
-
-        def counting(conn: sqlite3.Connection, items: list, wait: bool = True) -> list:
-            runs.append(len(items))
-            return run_batch(conn, items, wait=wait)
-
-        store._run_batch = counting  # type: ignore[method-assign]
+        runs = batch_sizes(store)
         good = store.append_events([ev("a1", 2)])
         dup = store.append_events([ev("a1", 1)])
         after = store.append_events([ev("a1", 3)])
