@@ -68,7 +68,9 @@ class Output:
     On the server's loop (`kode_rpc.loop`) frames sent during one loop iteration are
     written together, before the loop next waits or polls, in writes of at most
     PIPE_BUF bytes: the end of a turn delivers a dozen to two dozen events at once,
-    and a `poll` plus a `write` per frame cost more than the frames. `close()` writes
+    and a `poll` plus a `write` per frame cost more than the frames. Once PIPE_BUF
+    bytes are waiting they go out at once: a replay of thousands of events must reach
+    the client while it is still being produced, not after. `close()` writes
     what is pending and drains the queue first.
     """
 
@@ -96,6 +98,7 @@ class Output:
         self.broken = False
         self._tick: list[bytes] = []
         """Frames sent on the loop thread since the loop last polled (written by `_end_of_tick`)."""
+        self._tick_size = 0
         self._hooks: list[IdleHook] | None = None
         self._loop_thread: int | None = None
         try:
@@ -109,7 +112,10 @@ class Output:
     def send(self, body: bytes) -> None:
         data = self._encode(body)
         if self._hooks is not None and threading.get_ident() == self._loop_thread:
+            if self._tick and self._tick_size + len(data) > self.DIRECT_MAX:
+                self._end_of_tick(False)  # a full write's worth: out now, so a long burst (a replay) streams
             self._tick.append(data)
+            self._tick_size += len(data)
             return
         self._send_data(data)
 
@@ -117,7 +123,7 @@ class Output:
         """Idle hook: write the iteration's frames, joined into writes of at most DIRECT_MAX."""
         if not self._tick:
             return False
-        frames, self._tick = self._tick, []
+        frames, self._tick, self._tick_size = self._tick, [], 0
         group: list[bytes] = []
         size = 0
         for data in frames:
