@@ -120,19 +120,11 @@ class Output:
         self._send_data(data)
 
     def _end_of_tick(self, idle: bool) -> bool:
-        """Idle hook: write the iteration's frames, joined into writes of at most DIRECT_MAX."""
-        if not self._tick:
-            return False
-        frames, self._tick, self._tick_size = self._tick, [], 0
-        group: list[bytes] = []
-        size = 0
-        for data in frames:
-            if group and size + len(data) > self.DIRECT_MAX:
-                self._send_data(b"".join(group))
-                group, size = [], 0
-            group.append(data)
-            size += len(data)
-        self._send_data(b"".join(group))
+        """Idle hook: write the frames waiting, as one write (`send` keeps them to at most
+        DIRECT_MAX bytes, or a single bigger frame)."""
+        if self._tick:
+            frames, self._tick, self._tick_size = self._tick, [], 0
+            self._send_data(b"".join(frames))
         return False
 
     def _send_data(self, data: bytes) -> None:

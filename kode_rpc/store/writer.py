@@ -64,9 +64,6 @@ class WriteItem:
     key: Any = None
     """A whole-row upsert's row key: later writes of the key in the same batch are folded
     into the first (see `collapse`)."""
-    rows: list[Any] | None = None
-    """Rows an `append` item inserts; later appends of the same kind may join them."""
-    append_kind: str | None = None
     calls: int = 1
     """How many write calls this item stands for (joined appends, dropped upserts)."""
     heavy: bool = False
@@ -211,34 +208,37 @@ def with_dropped(results: list[Result], dropped: list[tuple[asyncio.Future[Any],
     return results + [(fut, *outcome[id(keeper.fut)]) for fut, keeper in dropped]
 
 
-def settle(results: list[Result]) -> None:
-    """Inline mode, on the loop: settle futures of this loop now, hand others to theirs."""
-    loop = asyncio.get_running_loop()
-    if all(result[0].get_loop() is loop for result in results):
-        resolve_all(results)
-    else:
-        deliver(results)
-
-
 def deliver(results: list[Result]) -> None:
-    """Hand results to each future's loop, one wake-up per loop per batch, in order."""
+    """Hand results to each future's loop, one wake-up per loop per batch, in order; the
+    results of the loop this runs on (inline mode) are settled at once."""
+    try:
+        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # the writer thread
+        current = None
     by_loop: dict[asyncio.AbstractEventLoop, list[Result]] = {}
     for result in results:
         by_loop.setdefault(result[0].get_loop(), []).append(result)
     for loop, part in by_loop.items():
-        post(loop, part)
+        if loop is current:
+            resolve_all(part)
+        else:
+            post(loop, part)
 
 
 class Joined:
     """Stands for the future of appends joined into one item (`GroupCommitWriter.append`):
     hands the item's outcome to each call's own future. Settled on the loop like a future
     (`resolve_all`). A backend that retries a failed batch item by item runs the calls
-    of a joined item one by one in its place (`split`), so only a failing call fails."""
+    of a joined item one by one in its place (`split_joined`), so only a failing call fails."""
 
-    def __init__(self, insert: Callable[[Any, list[Any]], Any], agent_id: str | None) -> None:
-        self.parts: list[tuple[list[Any], asyncio.Future[Any]]] = []
+    def __init__(self, kind: str, insert: Callable[[Any, list[Any]], Any]) -> None:
+        self.kind = kind
         self.insert = insert
-        self.agent_id = agent_id
+        self.parts: list[tuple[list[Any], asyncio.Future[Any]]] = []
+
+    def run(self, conn: Any) -> Any:
+        """The item's write: every call's rows in one insert."""
+        return self.insert(conn, [row for rows, _ in self.parts for row in rows])
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self.parts[0][1].get_loop()
@@ -268,7 +268,7 @@ def split_joined(items: list[WriteItem]) -> list[WriteItem]:
             out.append(item)
             continue
         insert = joined.insert
-        out.extend(WriteItem((lambda conn, rows=rows: insert(conn, rows)), fut, item.kind, joined.agent_id)
+        out.extend(WriteItem((lambda conn, rows=rows: insert(conn, rows)), fut, item.kind, item.agent_id)
                    for rows, fut in joined.parts)
     return out
 
@@ -371,21 +371,16 @@ class GroupCommitWriter(Generic[C]):
         if self._loop is None:  # thread mode: the queue cannot be looked into
             return self.submit(lambda conn: insert(conn, rows), KIND_SAVE, agent_id)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self._pending:
-            last = self._pending[-1]
-            if last.append_kind == append_kind and isinstance(last.fut, Joined):
-                assert last.rows is not None
-                last.rows.extend(rows)
-                last.fut.parts.append((rows, fut))
-                last.calls += 1
-                if last.agent_id != agent_id:
-                    last.agent_id = last.fut.agent_id = None
-                return fut
-        joined = Joined(insert, agent_id)
+        last = self._pending[-1] if self._pending else None
+        if last is not None and isinstance(last.fut, Joined) and last.fut.kind == append_kind:
+            last.fut.parts.append((rows, fut))
+            last.calls += 1
+            if last.agent_id != agent_id:
+                last.agent_id = None
+            return fut
+        joined = Joined(append_kind, insert)
         joined.parts.append((rows, fut))
-        batch_rows = list(rows)
-        self._queue_item(WriteItem(lambda conn: insert(conn, batch_rows), joined, KIND_SAVE, agent_id,  # type: ignore[arg-type]
-                                   rows=batch_rows, append_kind=append_kind))
+        self._queue_item(WriteItem(joined.run, joined, KIND_SAVE, agent_id))  # type: ignore[arg-type]
         return fut
 
     def _queue_item(self, item: WriteItem) -> asyncio.Future[Any]:
@@ -423,20 +418,20 @@ class GroupCommitWriter(Generic[C]):
         items, dropped = collapse(batch)
         if not any(item.heavy for item in items):
             try:
-                settle(with_dropped(self._run_inline(self._conn, items), dropped))  # type: ignore[arg-type]
+                deliver(with_dropped(self._run_inline(self._conn, items), dropped))  # type: ignore[arg-type]
                 return
             except WouldBlock:
                 pass
             except Exception as exc:  # pragma: no cover - a bug in a backend
                 logger.exception("store batch failed")
-                settle(with_dropped([(item.fut, None, exc) for item in items], dropped))
+                deliver(with_dropped([(item.fut, None, exc) for item in items], dropped))
                 return
         try:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
             self._off_loop = self._loop.run_in_executor(self._executor, self._run_batch, self._conn, items)
         except Exception as exc:  # the executor is gone (interpreter shutting down)
-            settle(with_dropped([(item.fut, None, exc) for item in items], dropped))
+            deliver(with_dropped([(item.fut, None, exc) for item in items], dropped))
             return
         self._off_loop.add_done_callback(lambda fut: self._ran_off_loop(items, dropped, fut))
 
@@ -444,17 +439,17 @@ class GroupCommitWriter(Generic[C]):
                       fut: asyncio.Future[list[Result]]) -> None:
         self._off_loop = None
         if not fut.cancelled() and fut.exception() is None:
-            settle(with_dropped(fut.result(), dropped))
+            deliver(with_dropped(fut.result(), dropped))
             return
         exc = (fut.exception() if not fut.cancelled() else None) or self._closed_error()
-        settle(with_dropped([(item.fut, None, exc) for item in items], dropped))
+        deliver(with_dropped([(item.fut, None, exc) for item in items], dropped))
 
     async def _stop_inline(self) -> None:
         assert self._loop is not None and self._hooks is not None
         while self._pending or self._off_loop is not None:
             if self._off_loop is not None:
                 await asyncio.wait([self._off_loop])
-                await asyncio.sleep(0)  # let its done callback settle the batch
+                await asyncio.sleep(0)  # let its done callback deliver the batch
                 continue
             self._run_pending()
         self._hooks.remove(self._on_select)

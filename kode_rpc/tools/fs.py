@@ -399,18 +399,14 @@ class FsReadTool(Tool):
         path = sandbox.resolve(args.path)
         start = args.offset - 1
         with os.fdopen(_open_regular(sandbox, path, args.path), "rb") as fh:
-            if on_loop:
-                data = _read_cached(fh.fileno(), path)
-                if _is_binary_head(data[:SNIFF_BYTES]):
-                    raise _Fail(f"refusing to read a binary file: {args.path}", "binary")
-                lines = _split_lines(data.decode("utf-8", "replace"))
-                total = len(lines)
-                selected = lines[start : start + args.limit]
-            elif _is_binary_head(fh.read(SNIFF_BYTES)):
+            data = _read_cached(fh.fileno(), path) if on_loop else None
+            if _is_binary_head(data[:SNIFF_BYTES] if data is not None else fh.read(SNIFF_BYTES)):
                 raise _Fail(f"refusing to read a binary file: {args.path}", "binary")
-            elif os.fstat(fh.fileno()).st_size <= BIG_FILE_BYTES:
+            if data is None and os.fstat(fh.fileno()).st_size <= BIG_FILE_BYTES:
                 fh.seek(0)
-                lines = _split_lines(fh.read().decode("utf-8", "replace"))
+                data = fh.read()
+            if data is not None:
+                lines = _split_lines(data.decode("utf-8", "replace"))
                 total = len(lines)
                 selected = lines[start : start + args.limit]
             else:
