@@ -242,8 +242,23 @@ SERVER = ServerUnderTest()
 """The server the measurements spawn; `run_all` switches it between baseline and server under test."""
 
 
+BYTECODE: dict[str, str | None] = {"dir": None}
+"""Where every server run from source keeps its compiled modules (`PYTHONPYCACHEPREFIX`),
+one temp dir for the whole run; None (`--cold-bytecode`): the environment decides.
+
+An installed package has its bytecode (pip compiles it at install time; a frozen build
+carries it), so the user's start-up never compiles our modules. A checkout run with
+`PYTHONDONTWRITEBYTECODE=1` (this machine's default) compiles every one of them at every
+start: ~45 ms of the ~230 ms agent-ready row here, a cost no user pays. The servers write
+their bytecode on first import into this dir and read it after; a warm-up start per
+server (`warm_up`) does the first import before anything is timed."""
+
+
 def server_env(tmp: TempDirs, data_dir: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
+    if BYTECODE["dir"] is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = BYTECODE["dir"]
     env.update(SERVER.env)
     if env.get("PYTHONPATH"):  # servers run in another directory (see `server_cwd`)
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
@@ -392,6 +407,22 @@ async def agent_ready_rows(counts: Counts, tmp: TempDirs, label: str, binary: Pa
              note=f"spawn -> initialize + agent/create (echo) answered, {where}, N={len(ready)}, "
                   f"best {min(ready):.0f}, initialize alone {statistics.median(r[0] for r in runs):.0f}"),
     ]
+
+
+async def warm_up(tmp: TempDirs) -> None:
+    """One untimed start of the current server through the paths the rows take (create, an
+    echo turn, a turn with `fs_read`, resume), so each module's bytecode is written (see
+    `BYTECODE`) before anything is measured."""
+    work_dir = tmp.new("work")
+    Path(work_dir, "a.txt").write_text("warm\n")
+    script = [{"toolCalls": [{"name": "fs_read", "input": {"path": "a.txt"}}]}, {"chunks": ["o", "k"]}]
+    async with running_server(tmp) as client:
+        await complete(client, await create_agent(client, {"provider": "echo"}), "hello")
+        info = await client.request("agent/create", {"model": {"provider": "scripted", "script": script},
+                                                     "permission": {"mode": "readonly"},
+                                                     "sandbox": {"workDir": work_dir}})
+        await complete(client, str(info["agentId"]), "read it")
+        await client.request("agent/resume", {"agentId": info["agentId"], "since": 0})
 
 
 async def bench_spawn(counts: Counts, tmp: TempDirs) -> list[Row]:
@@ -1477,6 +1508,10 @@ async def run_all(counts: Counts, tmp: TempDirs, servers: list[ServerUnderTest])
     baseline and right after it for the server under test, so both see the same machine."""
     global SERVER
     results = [RunResult(server) for server in servers]
+    if BYTECODE["dir"] is not None:
+        for result in results:
+            SERVER = result.server
+            await warm_up(tmp)
     for name, measure in MEASUREMENTS:
         for result in results:
             SERVER = result.server
@@ -1494,6 +1529,12 @@ async def run_all(counts: Counts, tmp: TempDirs, servers: list[ServerUnderTest])
     return results
 
 
+def bytecode_cache() -> str:
+    if BYTECODE["dir"] is not None:
+        return "compiled once per run, as installed (PYTHONPYCACHEPREFIX)"
+    return "off (PYTHONDONTWRITEBYTECODE)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on"
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
@@ -1503,7 +1544,7 @@ def machine_info() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "kode_rpc": kode_version,
-        "bytecode_cache": "off (PYTHONDONTWRITEBYTECODE)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on",
+        "bytecode_cache": bytecode_cache(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "server": SERVER.describe(),
         "frozen": {label: str(path) for label, path, _ in SERVER.frozen_builds()},
@@ -1596,6 +1637,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-onedir", type=Path, metavar="BINARY",
                         help="the baseline's one-dir build, measured beside it (default: none)")
     parser.add_argument("--baseline-label", default="before", help="its name in the tables and JSON (default: before)")
+    parser.add_argument("--cold-bytecode", action="store_true",
+                        help="leave bytecode caching to the environment (with PYTHONDONTWRITEBYTECODE=1 a "
+                             "server compiles its modules at every start) instead of compiling once per run")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help=f"run only these measurements (repeatable): {', '.join(n for n, _ in MEASUREMENTS)}")
     return parser.parse_args(argv)
@@ -1623,6 +1667,7 @@ def main(argv: list[str] | None = None) -> int:
         MEASUREMENTS[:] = [(n, m) for n, m in MEASUREMENTS if n in args.only]
     before = json.loads(args.compare.read_text(encoding="utf-8")) if args.compare else None
     tmp = TempDirs()
+    BYTECODE["dir"] = None if args.cold_bytecode else tmp.new("pycache")
     start = time.perf_counter()
     try:
         results = asyncio.run(run_all(counts, tmp, servers))

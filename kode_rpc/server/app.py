@@ -126,10 +126,12 @@ def _tune_gc() -> None:
     """Fewer, cheaper collections: what start-up allocated (modules, models) is frozen out
     of the collector's view, and the youngest generation is collected every 20,000
     allocations instead of 700. A turn allocates thousands of short-lived dicts; with the
-    defaults, full collections of the start-up heap landed inside turns (the p95 tail)."""
+    defaults, full collections of the start-up heap landed inside turns (the p95 tail).
+    No `gc.collect()` first: the collections run during the imports leave nothing to find
+    (it found 0 objects here) and a full pass over the start-up heap cost ~8 ms of every
+    start; what little garbage is left since the last automatic pass stays frozen."""
     import gc
 
-    gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
 
