@@ -1,7 +1,5 @@
 """Agent configuration, info, messages and the params/results of `agent/*` (contract section 3)."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator

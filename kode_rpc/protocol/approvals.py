@@ -1,7 +1,5 @@
 """`approval/request` (server to client) and the agent status that lists pending ones."""
 
-from __future__ import annotations
-
 from typing import Annotated, Literal, Union
 
 from pydantic import Field

@@ -3,6 +3,10 @@
 Wire names are camelCase (the contract's spelling); Python code uses snake_case.
 The alias generator keeps the two apart so nobody hand-writes aliases, and
 `populate_by_name` lets runtime code build models with Python names.
+
+The model modules (agents, events, system, approvals) do not use `from __future__
+import annotations`: with it, pydantic `eval`s every annotation string when the class
+is created, ~5 ms of every start for their ~120 classes and ~400 fields.
 """
 
 from __future__ import annotations

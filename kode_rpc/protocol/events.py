@@ -1,7 +1,5 @@
 """Tool-call records and the `agent/event` notification (contract section 4)."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field

@@ -1,7 +1,5 @@
 """Lifecycle (`initialize`), pool, templates, store and metrics methods (sections 2 and 7)."""
 
-from __future__ import annotations
-
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
