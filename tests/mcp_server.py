@@ -5,7 +5,7 @@ serves streamable HTTP on 127.0.0.1:PORT (path `/mcp`). With `MCP_PID_FILE` set 
 writes its pid there at start, so a test can look for it in /proc.
 
 Tools: `echo` (read-only), `write_note` (writes `note.txt` in its cwd or `MCP_NOTE_DIR`),
-`image` (a 1x1 PNG), `fail` (isError), `hang` (never answers), `env_value` (whether a
+`image` (a 1x1 PNG), `fail` (isError), `hang` (never answers; logs its cancellation), `env_value` (whether a
 variable is set and its length, never its value), `leak_env` (its value: kode-rpc
 must redact it), `die` (the process exits at once).
 """
@@ -57,8 +57,15 @@ def fail(reason: str = "it broke") -> str:
 
 @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
 async def hang() -> str:
-    """Never answers."""
-    await asyncio.sleep(3600)
+    """Never answers. A cancelled call (`notifications/cancelled`) is logged as one line in
+    `MCP_CANCEL_FILE` when that is set."""
+    try:
+        await asyncio.sleep(3600)
+    except BaseException:
+        if os.environ.get("MCP_CANCEL_FILE"):
+            with open(os.environ["MCP_CANCEL_FILE"], "a", encoding="utf-8") as fh:
+                fh.write("cancelled\n")
+        raise
     return "unreachable"
 
 

@@ -266,6 +266,32 @@ def test_load_in_a_new_process_replays_and_modes_and_models_apply(acp_env: dict[
     assert step(second, "close")["ok"]
 
 
+def test_load_and_resume_connect_the_editors_mcp_servers(acp_env: dict[str, str], work_dir: Path) -> None:
+    """ACP's session/load and session/resume carry the editor's MCP servers: they are
+    connected for the session and stored with it (a later load without them keeps them)."""
+    echo = {"name": "mcp__t__echo", "input": {"text": "from the editor's server"}}
+    script = scripted({"text": "no tools yet"},
+                      {"toolCalls": [echo]}, {"text": "used it"},
+                      {"toolCalls": [echo]}, {"text": "used it again"})
+    first = drive([{"op": "initialize"}, session(script, mode="auto"),
+                   {"op": "prompt", "label": "p", "text": "hi"}], acp_env, work_dir)
+    sid = step(first, "new")["result"]["sessionId"]
+    server = {"name": "t", "command": sys.executable, "args": [str(Path(__file__).parent / "mcp_server.py")], "env": []}
+    second = drive([{"op": "initialize"},
+                    {"op": "loadSession", "label": "load", "sessionId": sid, "cwd": str(work_dir), "mcpServers": [server]},
+                    {"op": "prompt", "label": "use", "sessionId": sid, "text": "use it"}], acp_env, work_dir)
+    assert step(second, "load")["ok"]
+    third = drive([{"op": "initialize"},
+                   {"op": "resumeSession", "label": "resume", "sessionId": sid, "cwd": str(work_dir), "mcpServers": []},
+                   {"op": "prompt", "label": "again", "sessionId": sid, "text": "again"}], acp_env, work_dir)
+    assert step(third, "resume")["ok"]
+    for out, label in ((second, "use"), (third, "again")):
+        updates = step(out, label)["updates"]
+        final = [u for u in updates if u["sessionUpdate"] == "tool_call_update" and u.get("status")][-1]
+        assert final["status"] == "completed", final
+        assert "echo: from the editor's server" in json.dumps(final), final
+
+
 def test_kode_agent_loads_over_acp_and_errors(acp_env: dict[str, str], work_dir: Path) -> None:
     import asyncio
 

@@ -60,6 +60,16 @@ def statuses(c: Any, agent: str, server: str) -> list[dict[str, Any]]:
     return [e["event"] for e in c.events_of(agent, "mcp_status") if e["event"]["server"] == server]
 
 
+async def wait_lines(path: Path, n: int, timeout: float = 5.0) -> bool:
+    """Whether `path` has at least `n` lines within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def wait_status(c: Any, agent: str, server: str, status: str, timeout: float = 20.0) -> dict[str, Any]:
     return await c.wait_for(lambda: next((s for s in statuses(c, agent, server)[::-1] if s["status"] == status), None),
                             timeout)
@@ -174,6 +184,7 @@ async def test_failed_server_does_not_fail_the_turn(spawn: Spawn, work_dir: Path
 async def test_server_killed_mid_call_and_hang_bounded(spawn: Spawn, work_dir: Path, tmp_path: Path) -> None:
     c = await spawn()
     pid_file = tmp_path / "k.pid"
+    cancels = tmp_path / "cancels.txt"
     script = scripted({"toolCalls": [call("mcp__h__hang")]},  # bounded by timeoutMs
                       {"toolCalls": [call("mcp__k__hang")]},  # its server is killed meanwhile
                       {"toolCalls": [call("mcp__k__echo", text="x")]},  # then it is gone
@@ -182,13 +193,15 @@ async def test_server_killed_mid_call_and_hang_bounded(spawn: Spawn, work_dir: P
                       {"text": "never"})
     await c.request("agent/create", {"agentId": "h", "model": script, "sandbox": {"workDir": str(work_dir)},
                                      "permission": {"mode": "auto"},
-                                     "mcpServers": {"h": stdio(timeoutMs=700),
+                                     "mcpServers": {"h": stdio(timeoutMs=700, env={"MCP_CANCEL_FILE": str(cancels)}),
                                                     "k": stdio(env={"MCP_PID_FILE": str(pid_file)})}})
     await c.request("agent/send", {"agentId": "h", "text": "go"})
     first = await c.wait_for(lambda: [e for e in c.events_of("h", "tool:end")], timeout=20)
     call0 = first[0]["event"]["call"]
     assert call0["state"] == "FAILED" and call0["result"]["errorType"] == "timeout"
     assert 600 <= call0["durationMs"] < 3000
+    # the call given up on is cancelled on the server too (MCP notifications/cancelled)
+    assert await wait_lines(cancels, 1), "the timed-out call still runs on the MCP server"
     await c.wait_for(lambda: len(c.events_of("h", "tool:start")) >= 2)
     pid = await read_pid(pid_file)
     await asyncio.sleep(0.3)
@@ -210,6 +223,7 @@ async def test_server_killed_mid_call_and_hang_bounded(spawn: Spawn, work_dir: P
     assert done2["event"]["reason"] == "interrupted" and time.monotonic() - t0 < 1.5
     assert c.events_of("h", "tool:end")[-1]["event"]["call"]["result"]["errorType"] == "interrupted"
     assert statuses(c, "h", "h")[-1]["status"] == "ready", "the hanging server itself stays connected"
+    assert await wait_lines(cancels, 2), "the interrupted call still runs on the MCP server"
 
 
 async def test_no_orphans_after_shutdown_delete_hibernate_or_sigkill(spawn: Spawn, server_env: dict[str, str],

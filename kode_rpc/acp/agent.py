@@ -179,6 +179,13 @@ class KodeAcpAgent:
         asyncio.get_running_loop().call_soon(resumed.start)  # re-issued approvals after the response
         return config
 
+    async def _add_mcp_servers(self, session_id: str, mcp_servers: list[Any] | None) -> None:
+        """The editor's MCP servers on load/resume: added to the session's, or replacing one of
+        the same name (the ones it leaves out stay: see `Agent.add_mcp_servers`)."""
+        servers = mcp_servers_of(mcp_servers or [])
+        if servers:
+            await self.service.add_mcp_servers(session_id, self.watcher, servers)
+
     @_errors
     async def initialize(self, protocol_version: int, client_capabilities: Any = None, client_info: Any = None,
                          **kwargs: Any) -> InitializeResponse:
@@ -217,6 +224,7 @@ class KodeAcpAgent:
     @_errors
     async def load_session(self, cwd: str, session_id: str, mcp_servers: list[Any] | None = None,
                            additional_directories: list[str] | None = None, **kwargs: Any) -> LoadSessionResponse:
+        await self._add_mcp_servers(session_id, mcp_servers)
         config = await self._attach(session_id, replay=True)
         mode = config.permission.mode if config.permission else "readonly"
         return LoadSessionResponse(modes=self._modes(mode), config_options=self._config_options(config))
@@ -224,6 +232,7 @@ class KodeAcpAgent:
     @_errors
     async def resume_session(self, session_id: str, cwd: str, additional_directories: list[str] | None = None,
                              mcp_servers: list[Any] | None = None, **kwargs: Any) -> ResumeSessionResponse:
+        await self._add_mcp_servers(session_id, mcp_servers)
         config = await self._attach(session_id, replay=False)
         mode = config.permission.mode if config.permission else "readonly"
         return ResumeSessionResponse(modes=self._modes(mode), config_options=self._config_options(config))

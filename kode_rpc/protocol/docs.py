@@ -277,7 +277,9 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   by another process `-32012`; overloaded `-32001`.
 - `session/load` replays user and agent messages, thoughts, every tool call in its final
   state and the plan, then answers; re-issued approvals (after a crash) follow the
-  response. `session/resume` re-attaches without replay. `session/list` pages by 50
+  response. `session/resume` re-attaches without replay. Both connect the `mcpServers`
+  they carry: each is added to the session's servers or replaces the one of that name,
+  and is stored; servers left out stay (docs/mcp.md). `session/list` pages by 50
   (`nextCursor` is an offset). `session/close` lets an idle agent hibernate.
 - stdin EOF (and SIGTERM/SIGINT) interrupts running turns, lets their prompts answer
   `cancelled` (up to 1.5 s), keeps pending approvals, and exits 0.

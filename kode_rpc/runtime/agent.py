@@ -210,6 +210,26 @@ class Agent(ToolCalls, Approvals, Recovery):
         self.row.config = {**self.row.config, **self.config.wire()}  # keeps resolved template extras (maxSteps)
         return self.svc.store.update_agent(self.id, config=self.row.config)
 
+    async def add_mcp_servers(self, servers: dict[str, Any]) -> None:
+        """Connect the MCP servers a client names when it loads or resumes the agent (ACP's
+        `session/load` and `session/resume` carry the editor's current list): each is added,
+        or replaces the agent's server of that name, and is stored with the agent. Servers
+        the list leaves out stay (the agent's config does not say which ones the editor gave
+        and which a template did). Nothing changes, and nothing reconnects, when the list
+        says what the agent already has; otherwise the agent's servers reconnect."""
+        current = {k: (v.wire() if v is not None else None) for k, v in (self.config.mcp_servers or {}).items()}
+        merged = {**current, **servers}
+        if merged == current:
+            return
+        self.config.mcp_servers = AgentConfig.model_validate({"mcpServers": merged}).mcp_servers
+        self.row.config = {**self.row.config, **self.config.wire()}
+        await self.svc.store.update_agent(self.id, config=self.row.config)
+        old, self.mcp = self.mcp, _mcp_hub(self)
+        if old is not None:
+            await old.close()
+        if self.mcp is not None:
+            self.mcp.start()
+
     async def set_todos(self, todos: list[dict[str, Any]], turn_id: str | None = None) -> list[dict[str, Any]]:
         self.todos = todos
         self.emit(ev.TodoChanged(todos=todos), turn_id)

@@ -470,6 +470,11 @@ class RuntimeService:
             await agent.reconfigure(mode=mode, model=model)
             return agent.info()
 
+    async def add_mcp_servers(self, agent_id: str, watcher: Watcher | None, servers: dict[str, Any]) -> None:
+        """Add (or replace by name) the agent's MCP servers and connect them (`Agent.add_mcp_servers`)."""
+        async with self.using(agent_id, watcher) as agent:
+            await agent.add_mcp_servers(servers)
+
     async def config(self, agent_id: str) -> a.AgentConfig:
         """The agent's resolved config (live or stored)."""
         await self._after_earlier(agent_id)

@@ -159,6 +159,38 @@ class _Server:
         self.returncode: int | None = None
         self.stderr: list[str] = []
         self.timeout_s = DEFAULT_CALL_TIMEOUT_MS / 1000
+        self.call_ids: _CallIds | None = None
+
+
+class _CallIds:
+    """The SDK session's write stream, noting the JSON-RPC id of each `tools/call` sent.
+
+    The SDK's `call_tool` does not say which id it used, and a call given up on (its
+    timeout, an interrupt) must be cancelled by that id (`notifications/cancelled`), or
+    the server goes on running the tool. The SDK writes a request from the task that
+    called `call_tool`, so the id is filed under that task."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.by_task: dict[asyncio.Future[Any], Any] = {}
+
+    async def send(self, message: Any) -> None:
+        root = getattr(getattr(message, "message", None), "root", None)
+        if getattr(root, "method", None) == "tools/call":
+            task = asyncio.current_task()
+            if task is not None:
+                self.by_task[task] = root.id
+        await self._stream.send(message)
+
+    async def __aenter__(self) -> _CallIds:
+        await self._stream.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._stream.__aexit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 class McpHub:
@@ -175,6 +207,8 @@ class McpHub:
         self.env_remove = env_remove
         self.env_allow = env_allow
         self.closed = False
+        self._notes: set[asyncio.Task[Any]] = set()
+        """Cancellations being sent (fire and forget: an interrupt does not wait for them)."""
 
     # --- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -292,8 +326,10 @@ class McpHub:
                         read, write = await stack.enter_async_context(self._stdio(server, cfg, sdk))
                     else:
                         read, write = await stack.enter_async_context(self._remote(server, cfg, sdk))
+                    server.call_ids = _CallIds(write)
                     session = await stack.enter_async_context(sdk.ClientSession(
-                        read, write, client_info=sdk.types.Implementation(name="kode-rpc", version=_version())))
+                        read, server.call_ids, client_info=sdk.types.Implementation(name="kode-rpc",
+                                                                                    version=_version())))
                     await session.initialize()
                     listed = []
                     cursor = None
@@ -445,14 +481,18 @@ class McpHub:
         call = asyncio.ensure_future(session.call_tool(tool.remote_name, args,
                                                        read_timeout_seconds=timedelta(seconds=server.timeout_s + 5)))
         dead = asyncio.ensure_future(server.dead.wait())
+        reason = "interrupted"
         try:
             done, _ = await asyncio.wait({call, dead}, timeout=server.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            reason = "timeout"
         finally:
             dead.cancel()
+            request_id = server.call_ids.by_task.pop(call, None) if server.call_ids is not None else None
             if not call.done():
                 call.cancel()
                 with contextlib.suppress(BaseException):
                     await call
+                self._cancel_remote(server, request_id, f"kode-rpc: {reason}")
         if call not in done:
             if dead in done:
                 return ToolResult.fail(f"the MCP server {server.name!r} stopped during the call", "unavailable",
@@ -470,6 +510,24 @@ class McpHub:
                 server.dead.set()  # a remote server that went away: its tools go too
             return ToolResult.fail(f"MCP error from {server.name!r}: {exc}", "tool_error")
         return _result(result)
+
+
+    def _cancel_remote(self, server: _Server, request_id: Any, reason: str) -> None:
+        """Tell the server to stop a call we gave up on (MCP `notifications/cancelled`)."""
+        session = server.session
+        if request_id is None or session is None or server.dead.is_set():
+            return
+        types = _import_sdk().types
+        note = types.ClientNotification(types.CancelledNotification(
+            params=types.CancelledNotificationParams(requestId=request_id, reason=reason)))
+        task = asyncio.ensure_future(asyncio.wait_for(session.send_notification(note), 5))
+        self._notes.add(task)
+        task.add_done_callback(self._sent_cancel)
+
+    def _sent_cancel(self, task: asyncio.Task[Any]) -> None:
+        self._notes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("MCP cancellation not sent: %s", task.exception())
 
 
 class _Failure(Exception):
