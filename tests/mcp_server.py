@@ -2,7 +2,8 @@
 
 `python tests/mcp_server.py` serves on stdio; `python tests/mcp_server.py --http PORT`
 serves streamable HTTP on 127.0.0.1:PORT (path `/mcp`). With `MCP_PID_FILE` set it
-writes its pid there at start, so a test can look for it in /proc.
+writes its pid there at start, so a test can look for it in /proc; with `MCP_START_LOG`
+set it appends a line there at each start.
 
 Tools: `echo` (read-only), `write_note` (writes `note.txt` in its cwd or `MCP_NOTE_DIR`),
 `image` (a 1x1 PNG), `fail` (isError), `hang` (never answers; logs its cancellation), `env_value` (whether a
@@ -93,4 +94,7 @@ if __name__ == "__main__":
     if pid_file:
         with open(pid_file, "w") as fh:
             fh.write(str(os.getpid()))
+    if os.environ.get("MCP_START_LOG"):  # one line per start: tells a reconnect from none
+        with open(os.environ["MCP_START_LOG"], "a", encoding="utf-8") as fh:
+            fh.write(f"{os.getpid()}\n")
     mcp.run(transport="streamable-http" if port else "stdio")

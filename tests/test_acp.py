@@ -287,9 +287,58 @@ def test_load_and_resume_connect_the_editors_mcp_servers(acp_env: dict[str, str]
     assert step(third, "resume")["ok"]
     for out, label in ((second, "use"), (third, "again")):
         updates = step(out, label)["updates"]
-        final = [u for u in updates if u["sessionUpdate"] == "tool_call_update" and u.get("status")][-1]
+        final = [u for u in updates if u["sessionUpdate"] == "tool_call_update"
+                 and u.get("status") in ("completed", "failed")][-1]
         assert final["status"] == "completed", final
         assert "echo: from the editor's server" in json.dumps(final), final
+
+
+def test_resume_reconnects_only_the_mcp_servers_that_changed(acp_env: dict[str, str], work_dir: Path,
+                                                             tmp_path: Path) -> None:
+    def server(name: str, log: Path) -> dict[str, Any]:
+        return {"name": name, "command": sys.executable, "args": [str(Path(__file__).parent / "mcp_server.py")],
+                "env": [{"name": "MCP_START_LOG", "value": str(log)}]}
+
+    logs = {k: tmp_path / f"{k}.log" for k in ("a", "b", "b2")}
+    use = {"toolCalls": [{"name": "mcp__a__echo", "input": {"text": "a"}}, {"name": "mcp__b__echo", "input": {"text": "b"}}]}
+    script = scripted(use, {"text": "one"}, use, {"text": "two"})
+    out = drive([{"op": "initialize"},
+                 session(script, mode="auto", mcpServers=[server("a", logs["a"]), server("b", logs["b"])]),
+                 {"op": "prompt", "label": "one", "text": "use both"},
+                 {"op": "resumeSession", "label": "resume", "sessionId": "$last", "cwd": str(work_dir),
+                  "mcpServers": [server("a", logs["a"]), server("b", logs["b2"])]},
+                 {"op": "prompt", "label": "two", "text": "again"}], acp_env, work_dir)
+    for label in ("one", "two"):
+        finals = [u for u in step(out, label)["updates"] if u["sessionUpdate"] == "tool_call_update"
+                  and u.get("status") in ("completed", "failed")]
+        assert [u["status"] for u in finals] == ["completed", "completed"], finals
+    starts = {k: len(v.read_text().splitlines()) if v.exists() else 0 for k, v in logs.items()}
+    assert starts == {"a": 1, "b": 1, "b2": 1}, "a kept its connection; b reconnected with its new entry"
+
+
+def test_load_with_mcp_servers_after_a_crash_asks_again_after_the_response(acp_env: dict[str, str],
+                                                                         work_dir: Path) -> None:
+    """The editor's MCP servers are connected without running recovery early: the approval
+    a crash left pending is asked again after the `session/load` response, as without them."""
+    script = scripted({"toolCalls": [{"name": "fs_write", "input": {"path": "after.txt", "content": "x"}}]},
+                      {"text": "written"})
+    first = drive([{"op": "initialize"}, session(script, mode="approval"),
+                   {"op": "permissionPolicy", "answer": "never"},
+                   {"op": "prompt", "label": "p", "text": "write", "wait": False, "as": "p"},
+                   {"op": "waitFor", "method": "session/request_permission", "count": 1, "since": "lastPrompt"},
+                   {"op": "kill"}], acp_env, work_dir)
+    sid = step(first, "new")["result"]["sessionId"]
+    server = {"name": "t", "command": sys.executable, "args": [str(Path(__file__).parent / "mcp_server.py")], "env": []}
+    second = drive([{"op": "initialize"},
+                    {"op": "permissionPolicy", "answer": "allow_once"},
+                    {"op": "loadSession", "label": "load", "sessionId": sid, "cwd": str(work_dir), "mcpServers": [server]},
+                    {"op": "waitFor", "method": "session/request_permission", "count": 1, "since": "start"},
+                    {"op": "waitFor", "sessionUpdate": "agent_message_chunk", "count": 1, "since": "start"}],
+                   acp_env, work_dir)
+    load = step(second, "load")
+    assert load["ok"] and second["permissions"], second["permissions"]
+    assert second["permissions"][0]["seq"] > load["respSeq"], "asked again before the load was answered"
+    assert (work_dir / "after.txt").read_text() == "x"
 
 
 def test_kode_agent_loads_over_acp_and_errors(acp_env: dict[str, str], work_dir: Path) -> None:

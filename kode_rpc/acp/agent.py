@@ -94,6 +94,16 @@ def _errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
+
+def _editor_servers(mcp_servers: list[Any] | None) -> dict[str, Any] | None:
+    """ACP's `mcpServers` of a load or resume as the agent's map, checked before anything
+    is loaded (a bad entry answers -32602 and changes nothing)."""
+    servers = mcp_servers_of(mcp_servers or [])
+    if not servers:
+        return None
+    AgentConfig.model_validate({"mcpServers": servers})
+    return servers
+
 class KodeAcpAgent:
     """ACP's `Agent` interface (the SDK calls these methods) over the runtime service."""
 
@@ -162,9 +172,11 @@ class KodeAcpAgent:
             options=[SessionConfigSelectOption(value=f"{p}/{m}", name=m if p != "echo" else "echo (repeats you)")
                      for p, m in models])]
 
-    async def _attach(self, session_id: str, replay: bool) -> AgentConfig:
+    async def _attach(self, session_id: str, replay: bool, mcp_servers: dict[str, Any] | None = None) -> AgentConfig:
         """Activate the agent for this connection (recovering it after a crash), replaying
-        its conversation first when asked; live updates follow."""
+        its conversation first when asked; live updates follow. `mcp_servers`: the
+        editor's, added to the session's or replacing one of the same name (the ones it
+        leaves out stay: see `Agent.add_mcp_servers`)."""
         config = await self.service.config(session_id)
         assert self.conn is not None
         work_dir = (config.sandbox.work_dir if config.sandbox else None) or os.getcwd()
@@ -175,16 +187,9 @@ class KodeAcpAgent:
         if session_id not in self.streams:
             model = config.model.model if config.model else None
             self.streams[session_id] = SessionStream(session_id, self.conn, work_dir, context_window(model))
-        resumed = await self.service.resume(session_id, None, "crash", self.watcher, lambda rows: None)
+        resumed = await self.service.resume(session_id, None, "crash", self.watcher, lambda rows: None, mcp_servers)
         asyncio.get_running_loop().call_soon(resumed.start)  # re-issued approvals after the response
         return config
-
-    async def _add_mcp_servers(self, session_id: str, mcp_servers: list[Any] | None) -> None:
-        """The editor's MCP servers on load/resume: added to the session's, or replacing one of
-        the same name (the ones it leaves out stay: see `Agent.add_mcp_servers`)."""
-        servers = mcp_servers_of(mcp_servers or [])
-        if servers:
-            await self.service.add_mcp_servers(session_id, self.watcher, servers)
 
     @_errors
     async def initialize(self, protocol_version: int, client_capabilities: Any = None, client_info: Any = None,
@@ -224,16 +229,14 @@ class KodeAcpAgent:
     @_errors
     async def load_session(self, cwd: str, session_id: str, mcp_servers: list[Any] | None = None,
                            additional_directories: list[str] | None = None, **kwargs: Any) -> LoadSessionResponse:
-        await self._add_mcp_servers(session_id, mcp_servers)
-        config = await self._attach(session_id, replay=True)
+        config = await self._attach(session_id, replay=True, mcp_servers=_editor_servers(mcp_servers))
         mode = config.permission.mode if config.permission else "readonly"
         return LoadSessionResponse(modes=self._modes(mode), config_options=self._config_options(config))
 
     @_errors
     async def resume_session(self, session_id: str, cwd: str, additional_directories: list[str] | None = None,
                              mcp_servers: list[Any] | None = None, **kwargs: Any) -> ResumeSessionResponse:
-        await self._add_mcp_servers(session_id, mcp_servers)
-        config = await self._attach(session_id, replay=False)
+        config = await self._attach(session_id, replay=False, mcp_servers=_editor_servers(mcp_servers))
         mode = config.permission.mode if config.permission else "readonly"
         return ResumeSessionResponse(modes=self._modes(mode), config_options=self._config_options(config))
 

@@ -215,20 +215,23 @@ class Agent(ToolCalls, Approvals, Recovery):
         `session/load` and `session/resume` carry the editor's current list): each is added,
         or replaces the agent's server of that name, and is stored with the agent. Servers
         the list leaves out stay (the agent's config does not say which ones the editor gave
-        and which a template did). Nothing changes, and nothing reconnects, when the list
-        says what the agent already has; otherwise the agent's servers reconnect."""
-        current = {k: (v.wire() if v is not None else None) for k, v in (self.config.mcp_servers or {}).items()}
+        and which a template did). Only new or changed servers (re)connect; a list that says
+        what the agent already has changes nothing. `servers` must be valid (`mcpServers`)."""
+        current = _agent_servers(self)
         merged = {**current, **servers}
         if merged == current:
             return
         self.config.mcp_servers = AgentConfig.model_validate({"mcpServers": merged}).mcp_servers
         self.row.config = {**self.row.config, **self.config.wire()}
         await self.svc.store.update_agent(self.id, config=self.row.config)
-        old, self.mcp = self.mcp, _mcp_hub(self)
-        if old is not None:
-            await old.close()
-        if self.mcp is not None:
-            self.mcp.start()
+        if self.mcp is None:
+            self.mcp = _mcp_hub(self)
+            if self.mcp is not None:
+                self.mcp.start()
+        else:
+            from ..tools.mcp import merge_servers
+
+            await self.mcp.update(merge_servers(self.svc.settings.mcp_servers, _agent_servers(self)))
 
     async def set_todos(self, todos: list[dict[str, Any]], turn_id: str | None = None) -> list[dict[str, Any]]:
         self.todos = todos
@@ -527,14 +530,18 @@ _AGENT_WINDOW_S = 0.3
 watcher reports a change at most ~(debounce + step) = 150 ms after it happened."""
 
 
+def _agent_servers(agent: Agent) -> dict[str, Any]:
+    """The agent's own `mcpServers` as wire dicts (None: a config-file server turned off)."""
+    return {k: (v.wire() if v is not None else None) for k, v in (agent.config.mcp_servers or {}).items()}
+
+
 def _mcp_hub(agent: Agent) -> Any:
     """The agent's `McpHub` when it (or the config file) names MCP servers, else None."""
     if not agent.config.mcp_servers and not agent.svc.settings.mcp_servers:
         return None
     from ..tools.mcp import hub_for
 
-    servers = {k: (v.wire() if v is not None else None) for k, v in (agent.config.mcp_servers or {}).items()}
-    return hub_for(agent.id, agent.svc.settings.mcp_servers, servers, agent.tools,
+    return hub_for(agent.id, agent.svc.settings.mcp_servers, _agent_servers(agent), agent.tools,
                    lambda event: agent.emit(event, agent.current.id if agent.current else None),
                    work_dir=agent.sandbox.work_dir, env_remove=agent.sandbox.env_remove,
                    env_allow=agent.sandbox.env_allow)

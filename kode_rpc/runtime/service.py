@@ -246,10 +246,13 @@ class RuntimeService:
             return (await self.pool.create(cfg, watcher)).info()
 
     async def resume(self, agent_id: str, since: int | None, strategy: str, watcher: Watcher,
-                     replay: Callable[[list[tuple[int, str]]], None]) -> Resumed:
+                     replay: Callable[[list[tuple[int, str]]], None],
+                     mcp_servers: dict[str, Any] | None = None) -> Resumed:
         """Activate an agent for `watcher`: recover it once per load, `replay` the stored
         events after `since` (as `(seq, json)`), then `agent_resumed`; live events
-        emitted meanwhile follow the replay with no gap and no duplicate."""
+        emitted meanwhile follow the replay with no gap and no duplicate. `mcp_servers`
+        (validated): added to the agent's (`Agent.add_mcp_servers`) before its servers are
+        retried, while what recovery restarts still waits for `Resumed.start`."""
         watcher.hold(agent_id)
         try:
             async with self.using(agent_id, watcher, recover=False) as agent:
@@ -258,6 +261,8 @@ class RuntimeService:
                 start: Callable[[], None] = lambda: None
                 if not agent.recovered:  # once per load, whoever loaded it
                     sealed, start = await agent.recover(strategy)
+                if mcp_servers:
+                    await agent.add_mcp_servers(mcp_servers)
                 if agent.mcp is not None:
                     agent.mcp.retry()  # reconnect MCP servers that failed or stopped
                 self.events.flush()
@@ -469,11 +474,6 @@ class RuntimeService:
         async with self.using(agent_id, watcher) as agent:
             await agent.reconfigure(mode=mode, model=model)
             return agent.info()
-
-    async def add_mcp_servers(self, agent_id: str, watcher: Watcher | None, servers: dict[str, Any]) -> None:
-        """Add (or replace by name) the agent's MCP servers and connect them (`Agent.add_mcp_servers`)."""
-        async with self.using(agent_id, watcher) as agent:
-            await agent.add_mcp_servers(servers)
 
     async def config(self, agent_id: str) -> a.AgentConfig:
         """The agent's resolved config (live or stored)."""

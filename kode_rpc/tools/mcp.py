@@ -244,6 +244,25 @@ class McpHub:
         if tasks:
             await asyncio.wait(tasks, timeout=5)
 
+    async def update(self, servers: Mapping[str, Any]) -> None:
+        """Take a new set of servers (merged, as `hub_for` merges them): a new one connects,
+        one whose config changed reconnects (its calls in flight fail), the others are left
+        alone. Names not in `servers` stay: callers only ever add or replace."""
+        changed = [name for name, cfg in servers.items()
+                   if name not in self.servers or self.servers[name].raw != cfg]
+        stopping = []
+        for name in changed:
+            old = self.servers.get(name)
+            if old is not None and old.task is not None and not old.task.done():
+                old.stopping = True
+                old.task.cancel()
+                stopping.append(old.task)
+        if stopping:
+            await asyncio.wait(stopping, timeout=5)
+        for name in changed:
+            self.servers[name] = _Server(name, servers[name])
+        self.start()
+
     def statuses(self) -> list[dict[str, Any]]:
         out = []
         for s in self.servers.values():
