@@ -145,12 +145,16 @@ test("list, open (history from the store), fork and delete", async (t) => {
   const items = opened.model.items;
   assert.deepEqual(
     items.map((i) => i.kind),
-    ["user", "assistant", "tool", "assistant"],
+    ["user", "assistant", "tool", "assistant", "diff"],
+    "the turn's diff card is read back too, where it arrived live",
   );
   assert.equal(items[0].text, "write it");
   assert.equal(items[2].name, "fs_write");
   assert.equal(items[2].state, "COMPLETED");
   assert.equal(items[3].text, "Written.");
+  assert.equal(items[4].turnId, items[0].turnId);
+  assert.deepEqual(items[4].files.map((f) => `${f.path}:${f.change}`), ["hist.txt:added"]);
+  assert.equal(session.turnFileDiff(a.agentId, items[4].checkpointId, "hist.txt", "x").before, "");
   assert.match(session.status(a.agentId).text, /^write it: ready · \d+\/128k \([\d.]+%\) · \$0\.00$/);
   assert.ok(session.status(a.agentId).context.used > 0, "the last token_usage is read back from the store");
 

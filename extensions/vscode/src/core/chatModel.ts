@@ -2,7 +2,7 @@
  * The chat view model of one agent: reduces `agent/event` envelopes (and the stored
  * `agent/messages` history) into a list of items the webview renders. No `vscode` here.
  */
-import type { ApprovalRequest, DiffFile, EventEnvelope, McpServerState, Message, ToolCall } from "@kode-rpc/client";
+import type { ApprovalRequest, DiffFile, EventEnvelope, McpServerState, Message, ToolCall, TurnDiff } from "@kode-rpc/client";
 import { contextTokens } from "./models.js";
 
 export type AgentState = "READY" | "WORKING" | "PAUSED";
@@ -198,6 +198,37 @@ export class ChatModel {
 
   private nextLocalId(prefix: string): string {
     return `${prefix}-${++this.localCounter}`;
+  }
+
+  /**
+   * Diff cards of turns read back from the store (`turn_diff` events): each goes right
+   * after the last item of its turn, where it would have arrived live. A turn not shown
+   * (before the loaded window) gets none; a card already shown is kept.
+   */
+  insertTurnDiffs(diffs: TurnDiff[]): void {
+    for (const ev of diffs) {
+      const id = `diff:${ev.checkpointId}`;
+      if (this.byId.has(id)) continue;
+      let at = -1;
+      for (let i = this.list.length - 1; i >= 0; i--) {
+        if (this.list[i]!.turnId === ev.turnId) {
+          at = i;
+          break;
+        }
+      }
+      if (at < 0) continue;
+      const item: DiffItem = {
+        kind: "diff",
+        id,
+        turnId: ev.turnId,
+        checkpointId: ev.checkpointId,
+        files: ev.files,
+        diff: ev.diff,
+        truncated: ev.truncated ?? false,
+      };
+      this.list.splice(at + 1, 0, item);
+      this.byId.set(id, item);
+    }
   }
 
   /** The user's message, added when it is sent (the server emits no event for it). */

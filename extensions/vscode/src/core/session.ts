@@ -11,6 +11,7 @@ import {
   type ClientState,
   type CompactResult,
   type RewindResult,
+  type TurnDiff,
   type EventEnvelope,
   type KodeClientOptions,
   type Logger,
@@ -67,6 +68,9 @@ export interface OpenAgent {
 }
 
 const noopLogger: Logger = { info() {}, warn() {}, error() {} };
+
+/** Diff cards read back for an opened agent's history: its newest turns that changed files. */
+const MAX_HISTORY_DIFFS = 50;
 
 export class KodeSession {
   private client: KodeClient | undefined;
@@ -294,6 +298,7 @@ export class KodeSession {
       }
       model.setStatus({ state: status.state, lastSeq: status.lastSeq, breakpoint: status.breakpoint, usage: status.usage, mcp: status.mcp });
       await this.loadLastTokenUsage(client, agentId, model, status.lastSeq);
+      await this.loadTurnDiffs(client, agentId, model, history.messages[0]?.index ?? 0);
       if (history.total === history.messages.length) {
         const first = model.firstUserText();
         if (first) this.titles.setAuto(agentId, titleFromText(first));
@@ -308,6 +313,35 @@ export class KodeSession {
       return a;
     } finally {
       sub.dispose();
+    }
+  }
+
+  /**
+   * Diff cards for the turns shown from history: `agent/checkpoints` says which turns
+   * changed files and where each turn's events start; its `turn_diff` is read from there
+   * (monitor channel, a few pages at most). The newest `MAX_HISTORY_DIFFS` turns only.
+   */
+  private async loadTurnDiffs(client: KodeClient, agentId: string, model: ChatModel, firstIndex: number): Promise<void> {
+    try {
+      const { checkpoints } = await client.checkpoints(agentId);
+      const shown = checkpoints.filter((c) => c.files > 0 && c.messageIndex >= firstIndex).slice(-MAX_HISTORY_DIFFS);
+      const found: TurnDiff[] = [];
+      for (const c of shown) {
+        let since = c.seq;
+        for (let page = 0; page < 5; page++) {
+          const r = await client.events({ agentId, since, limit: 200, channels: ["monitor"] });
+          const hit = r.events.find((e) => e.event.type === "turn_diff" && e.event.checkpointId === c.checkpointId);
+          if (hit && hit.event.type === "turn_diff") {
+            found.push(hit.event);
+            break;
+          }
+          if (r.events.length < 200) break;
+          since = r.events[r.events.length - 1]!.seq;
+        }
+      }
+      model.insertTurnDiffs(found);
+    } catch (e) {
+      this.logger.warn(`kode: ${agentId}: could not read its turn diffs: ${errorMessage(e)}`);
     }
   }
 
