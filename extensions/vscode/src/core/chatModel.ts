@@ -217,15 +217,7 @@ export class ChatModel {
         }
       }
       if (at < 0) continue;
-      const item: DiffItem = {
-        kind: "diff",
-        id,
-        turnId: ev.turnId,
-        checkpointId: ev.checkpointId,
-        files: ev.files,
-        diff: ev.diff,
-        truncated: ev.truncated ?? false,
-      };
+      const item = diffItem(ev);
       this.list.splice(at + 1, 0, item);
       this.byId.set(id, item);
     }
@@ -549,17 +541,8 @@ export class ChatModel {
         change.header = true;
         break;
       case "turn_diff": {
-        const id = `diff:${ev.checkpointId}`;
-        const existing = this.byId.get(id);
-        const item: DiffItem = {
-          kind: "diff",
-          id,
-          turnId: ev.turnId,
-          checkpointId: ev.checkpointId,
-          files: ev.files,
-          diff: ev.diff,
-          truncated: ev.truncated ?? false,
-        };
+        const item = diffItem(ev);
+        const existing = this.byId.get(item.id);
         if (existing && existing.kind === "diff") {
           Object.assign(existing, item);
           touch(existing);
@@ -623,4 +606,17 @@ export function previewInput(input: Record<string, unknown>, max = 120): string 
   let s = typeof pick === "string" ? pick : JSON.stringify(input);
   s = s.replace(/\s+/g, " ").trim();
   return s.length > max ? `${s.slice(0, max - 1)}…` : s;
+}
+
+/** A turn's diff card (`turn_diff`), keyed by its checkpoint. */
+function diffItem(ev: TurnDiff): DiffItem {
+  return {
+    kind: "diff",
+    id: `diff:${ev.checkpointId}`,
+    turnId: ev.turnId,
+    checkpointId: ev.checkpointId,
+    files: ev.files,
+    diff: ev.diff,
+    truncated: ev.truncated ?? false,
+  };
 }
