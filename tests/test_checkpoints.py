@@ -228,6 +228,34 @@ def openai_reply(text: str | None = None, call: tuple[str, dict[str, Any]] | Non
     return FakeResponse(chunks=chunks)
 
 
+async def test_a_turn_a_crash_ended_still_gets_its_turn_diff(spawn: Spawn, work_dir: Path) -> None:
+    """kill -9 after a turn changed files and before it ended: recovery ends the turn with
+    the `turn_diff` of the checkpoint the dead process took (no second checkpoint)."""
+    c = await spawn()
+    script = scripted({"toolCalls": [{"name": "fs_write", "input": {"path": "b.txt", "content": "B\n"}}]},
+                      {"text": "never said", "delayMs": 60000})
+    await c.request("agent/create", {"agentId": "k", "model": script, "sandbox": {"workDir": str(work_dir)},
+                                     "permission": {"mode": "auto"}})
+    turn = (await c.request("agent/send", {"agentId": "k", "text": "write"}))["turnId"]
+    await c.wait_for(lambda: c.events_of("k", "tool:end"), timeout=10)
+    await c.wait_for(lambda: any(e["event"].get("current") == "STREAMING_MODEL" and e["seq"] > c.events_of("k", "tool:end")[0]["seq"]
+                                 for e in c.events_of("k", "breakpoint_changed")), timeout=10)
+    assert not c.events_of("k", "turn_diff")
+    c.kill()
+    await c.wait_exit(5)
+
+    c = await spawn()
+    await c.request("agent/resume", {"agentId": "k", "since": 0})
+    done = await c.wait_for(lambda: [e for e in c.events_of("k", "done") if not e.get("replay")], timeout=10)
+    assert done[0]["event"]["reason"] == "interrupted"
+    diff = only([e for e in c.events_of("k", "turn_diff") if not e.get("replay")])
+    assert diff["turnId"] == turn and diff["checkpointId"] == "cp_1"
+    assert diff["files"] == [{"path": "b.txt", "change": "added", "additions": 1, "deletions": 0}]
+    assert len(c.events_of("k", "checkpoint")) == 1, "the replayed one; no second checkpoint"
+    listed = (await c.request("agent/checkpoints", {"agentId": "k"}))["checkpoints"]
+    assert [(x["checkpointId"], x["turnId"], x["files"]) for x in listed] == [("cp_1", turn, 1)]
+
+
 async def test_a_conversation_rewind_takes_messages_out_of_the_model_context(
         spawn: Spawn, fake: FakeServer, work_dir: Path, server_env: dict[str, str]) -> None:
     fake.add(openai_reply("first answer"),

@@ -205,8 +205,9 @@ The machine-readable form is `kode-rpc schema` (JSON Schema 2020-12).
   its approval), so a turn whose such calls are all denied takes none; concurrent calls
   of the step wait for it. A snapshot that fails (e.g. the workDir is gone) is reported
   as an `error` event (`severity: "warn"`) and the call runs anyway. `turn_diff` comes
-  after the turn's last `state_changed` and before its `done`; it is not sent for a turn
-  ended by crash recovery. A file that grows over 10 MiB during a turn shows as
+  after the turn's last `state_changed` and before its `done`, also for a turn that crash
+  recovery ends or continues (from the checkpoint the dead process took; none is taken
+  twice for a turn). A file that grows over 10 MiB during a turn shows as
   `deleted` in its `turn_diff`. Conflicts are files a rewind would touch that differ
   from the state at the end of the agent's last checkpointed turn (or its last rewind).
   `restored: true` whenever a rewind was carried out (not a dry run, not blocked), also

@@ -84,6 +84,9 @@ class Agent(ToolCalls, Approvals, Recovery):
         self.queue: deque[Turn] = deque()
         self.current: Turn | None = None
         self.stalled: Turn | None = None
+        self.ending: asyncio.Task[None] | None = None
+        """Recovery ending a turn a crash interrupted (its end snapshot may take a while):
+        queued turns start after it, so they keep their order and stay out of its diff."""
         self.turns: dict[str, Turn] = {}
         self.pending: dict[str, PendingApproval] = {}
         self.decided: dict[str, dict[str, Any]] = {}
@@ -146,7 +149,12 @@ class Agent(ToolCalls, Approvals, Recovery):
     @property
     def busy(self) -> bool:
         """Not to be hibernated: work in memory, or a request holding it (`pins`)."""
-        return bool(self.current or self.queue or self.pending or self.stalled or self.pins)
+        return bool(self.current or self.queue or self.pending or self.stalled or self.pins or self.ending_turn)
+
+    @property
+    def ending_turn(self) -> bool:
+        """Whether recovery is still ending a turn a crash interrupted (`ending`)."""
+        return self.ending is not None and not self.ending.done()
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -255,7 +263,8 @@ class Agent(ToolCalls, Approvals, Recovery):
         return turn, queued
 
     def _kick(self) -> None:
-        if (self.runner is None or self.runner.done()) and self.queue and not self.stalled and not self.closing:
+        if ((self.runner is None or self.runner.done()) and self.queue and not self.stalled and not self.closing
+                and not self.ending_turn):
             self.runner = asyncio.create_task(self._run_queue(), name=f"agent-{self.id}")
 
     async def _run_queue(self) -> None:

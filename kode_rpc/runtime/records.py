@@ -87,6 +87,9 @@ class Turn:
     stays pending in the store, exactly as after a crash, so the approvals survive."""
     resume_calls: list[CallRun] | None = None
     paused: asyncio.Event = field(default_factory=asyncio.Event)
+    recovered: bool = False
+    """Rebuilt by crash recovery: a checkpoint of this turn was taken (if at all) by the
+    process that died, and is found in the stored metadata (`AgentCheckpoints`)."""
 
     @property
     def id(self) -> str:

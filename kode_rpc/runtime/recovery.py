@@ -57,7 +57,7 @@ class Recovery:
         if not running:
             return [], self._kick
         row = running[-1]
-        turn = Turn(row, asyncio.get_running_loop().create_future())
+        turn = Turn(row, asyncio.get_running_loop().create_future(), recovered=True)
         self.turns[turn.id] = turn
         calls = snap.calls_of(row.turn_id) if snap is not None else await store.load_tool_calls(self.id, row.turn_id)
         pending = snap.pending_approvals if snap is not None else await store.load_approvals(self.id, "pending")
@@ -88,7 +88,8 @@ class Recovery:
                 turn.resume_calls = runs
                 self.queue.appendleft(turn)
             elif strategy == "crash":
-                asyncio.create_task(self._end_stalled(turn, runs))
+                self.ending = asyncio.create_task(self._end_stalled(turn, runs))
+                self.ending.add_done_callback(lambda _: self._kick())
             else:
                 self.stalled = turn
             self._kick()

@@ -7,7 +7,9 @@
   workDir into the agent's shadow repository (`sandbox/checkpoints.py`) and emits
   `checkpoint`. Read-only calls and turns cost nothing.
 - `end_turn(turn)` snapshots again at the end of a checkpointed turn, records what it
-  changed and emits `turn_diff` when it changed files.
+  changed and emits `turn_diff` when it changed files; also for a turn that crash
+  recovery ends or continues, whose checkpoint the dead process took (found in the
+  stored metadata, never taken twice).
 - `rewind(params)` restores the workDir and/or takes messages out of the model context.
 
 The checkpoints' metadata lives in the shadow repository's directory
@@ -151,7 +153,8 @@ class AgentCheckpoints:
         fut = asyncio.get_running_loop().create_future()
         self._taking[turn.id] = fut
         try:
-            fut.set_result(await self._take(turn))
+            stored = await self._taken_before_crash(turn)
+            fut.set_result(stored if stored is not None else await self._take(turn))
         except CheckpointError as exc:
             log.warning("agent %s: no checkpoint for turn %s: %s", self.agent.id, turn.id, exc)
             self.agent.emit(ev.ErrorEvent(severity="warn", phase="system", message=f"no checkpoint taken: {exc}"),
@@ -179,13 +182,27 @@ class AgentCheckpoints:
             await asyncio.to_thread(repo.save, meta)
             return rec
 
+    async def _taken_before_crash(self, turn: Turn) -> dict[str, Any] | None:
+        """A recovered turn's checkpoint, taken by the process that died (the turn has no
+        end snapshot yet); None for any other turn, which costs nothing."""
+        if not turn.recovered or not self.enabled:
+            return None
+        async with self._lock:
+            meta = await asyncio.to_thread(self._load)
+        return next((r for r in reversed(meta["checkpoints"]) if r["turnId"] == turn.id and "after" not in r), None)
+
     async def end_turn(self, turn: Turn) -> None:
-        """At the end of a checkpointed turn: what it changed (`turn_diff` when anything)."""
+        """At the end of a checkpointed turn: what it changed (`turn_diff` when anything),
+        also for a turn a crash interrupted, whose checkpoint the dead process took."""
         fut = self._taking.pop(turn.id, None)
-        if fut is None or not fut.done() or fut.result() is None:
+        if fut is None:
+            rec = await self._taken_before_crash(turn)
+        elif not fut.done():
             return
-        rec = fut.result()
-        assert rec is not None
+        else:
+            rec = fut.result()
+        if rec is None:
+            return
         repo = self.repo()
 
         def finish() -> tuple[list[Any], str, bool]:

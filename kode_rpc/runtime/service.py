@@ -451,7 +451,10 @@ class RuntimeService:
             agent.pins += 1  # stays in memory while it waits outside the request lock
         try:
             while True:
-                waits = [t.done for t in (agent.current, agent.stalled, *agent.queue) if t is not None]
+                waits: list[asyncio.Future[Any]] = [t.done for t in (agent.current, agent.stalled, *agent.queue)
+                                                    if t is not None]
+                if agent.ending is not None and agent.ending_turn:
+                    waits.append(agent.ending)
                 if waits:  # outside the lock: answering the turn's approvals needs it
                     await asyncio.wait(waits)
                 async with self.using(p.agent_id, watcher) as live:
@@ -459,7 +462,7 @@ class RuntimeService:
                         agent.pins -= 1
                         agent = live
                         agent.pins += 1
-                    if agent.current is not None or agent.stalled is not None:
+                    if agent.current is not None or agent.stalled is not None or agent.ending_turn:
                         continue
                     compressed, ratio, count = await agent.compaction.compact(p.instructions)
                     self.events.flush()
