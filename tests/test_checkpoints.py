@@ -256,6 +256,33 @@ async def test_a_turn_a_crash_ended_still_gets_its_turn_diff(spawn: Spawn, work_
     assert [(x["checkpointId"], x["turnId"], x["files"]) for x in listed] == [("cp_1", turn, 1)]
 
 
+async def test_a_turn_continued_after_a_crash_keeps_its_one_checkpoint(spawn: Spawn, work_dir: Path) -> None:
+    """One write ran (cp_1 taken), the next waits on its approval, kill -9: after resume and
+    the approval, the turn's diff has both files against cp_1 and no cp_2 was taken."""
+    c = await spawn()
+    script = scripted({"toolCalls": [{"name": "fs_write", "input": {"path": "one.txt", "content": "1\n"}}]},
+                      {"toolCalls": [{"name": "bash_run", "input": {"cmd": "printf '2\\n' > two.txt"}}]},
+                      {"text": "both"})
+    await c.request("agent/create", {"agentId": "q", "model": script, "sandbox": {"workDir": str(work_dir)},
+                                     "permission": {"mode": "auto", "requireApprovalTools": ["bash_run"]}})
+    turn = (await c.request("agent/send", {"agentId": "q", "text": "write two"}))["turnId"]
+    approval_id = (await c.wait_event("q", "permission_required"))["event"]["approvalId"]
+    assert [e["event"]["checkpointId"] for e in c.events_of("q", "checkpoint")] == ["cp_1"]
+    c.kill()
+    await c.wait_exit(5)
+
+    c = await spawn(capabilities={"approvals": False})
+    await c.request("agent/resume", {"agentId": "q", "since": 0})
+    await c.wait_for(lambda: [e for e in c.events_of("q", "permission_required") if not e.get("replay")], timeout=10)
+    await c.request("agent/decide", {"agentId": "q", "approvalId": approval_id, "decision": "allow"})
+    done = await c.wait_for(lambda: [e for e in c.events_of("q", "done") if not e.get("replay")], timeout=10)
+    assert done[0]["event"]["reason"] == "completed" and (work_dir / "two.txt").read_text() == "2\n"
+    assert len(c.events_of("q", "checkpoint")) == 1, "no second checkpoint for the same turn"
+    diff = only([e for e in c.events_of("q", "turn_diff") if not e.get("replay")])
+    assert diff["turnId"] == turn and diff["checkpointId"] == "cp_1"
+    assert sorted(f["path"] for f in diff["files"]) == ["one.txt", "two.txt"]
+
+
 async def test_a_conversation_rewind_takes_messages_out_of_the_model_context(
         spawn: Spawn, fake: FakeServer, work_dir: Path, server_env: dict[str, str]) -> None:
     fake.add(openai_reply("first answer"),
