@@ -248,12 +248,14 @@ async def test_a_turn_a_crash_ended_still_gets_its_turn_diff(spawn: Spawn, work_
     await c.request("agent/resume", {"agentId": "k", "since": 0})
     done = await c.wait_for(lambda: [e for e in c.events_of("k", "done") if not e.get("replay")], timeout=10)
     assert done[0]["event"]["reason"] == "interrupted"
-    diff = only([e for e in c.events_of("k", "turn_diff") if not e.get("replay")])
+    live = [e for e in c.events_of("k", "turn_diff") if not e.get("replay")]
+    diff = only(live)
     assert diff["turnId"] == turn and diff["checkpointId"] == "cp_1"
     assert diff["files"] == [{"path": "b.txt", "change": "added", "additions": 1, "deletions": 0}]
     assert len(c.events_of("k", "checkpoint")) == 1, "the replayed one; no second checkpoint"
     listed = (await c.request("agent/checkpoints", {"agentId": "k"}))["checkpoints"]
-    assert [(x["checkpointId"], x["turnId"], x["files"]) for x in listed] == [("cp_1", turn, 1)]
+    assert [(x["checkpointId"], x["turnId"], x["files"], x["diffSeq"]) for x in listed] == [
+        ("cp_1", turn, 1, live[0]["seq"])], "diffSeq points at the turn_diff event"
 
 
 async def test_a_turn_continued_after_a_crash_keeps_its_one_checkpoint(spawn: Spawn, work_dir: Path) -> None:

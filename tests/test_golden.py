@@ -31,7 +31,7 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("KODE_UPDATE_GOLDEN") == "1"
 TIMES = {"ts", "createdAt", "updatedAt", "checkedAt", "collectedAt", "startedAt", "expiresAt"}
 NUMBERS = {"durationMs", "idleMs", "latencyMs", "avgLatencyMs", "maxLatencyMs", "minLatencyMs", "dbSizeBytes",
-           "saves", "loads", "queries", "deletes", "seq", "lastSeq", "replayed", "ratio"}
+           "saves", "loads", "queries", "deletes", "seq", "lastSeq", "diffSeq", "replayed", "ratio"}
 """Volatile numbers; seq counts vary with how fast text deltas merge (the contract allows it)."""
 IDS = re.compile(r"\b(turn|apr|msg)_[0-9A-Za-z]+")
 EVENT_TYPES = [m.model_fields["type"].default for m in ev.Event.__args__[0].__args__]  # type: ignore[attr-defined]

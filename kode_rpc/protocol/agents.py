@@ -400,6 +400,10 @@ class Checkpoint(WireModel):
     created_at: str
     files: int
     """Files that turn changed (0 until the turn has ended)."""
+    diff_seq: int | None = None
+    """The seq of the turn's `turn_diff` event (absent until the turn has ended, when it
+    changed no file, and for checkpoints taken before kode-rpc recorded it): a client
+    rebuilding a transcript reads that one event (`agent/events` with `since: diffSeq - 1`)."""
 
 
 class CheckpointsResult(WireModel):

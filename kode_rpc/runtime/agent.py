@@ -253,7 +253,7 @@ class Agent(ToolCalls, Approvals, Recovery):
         self.touch()
         if kind == "reminder":
             content = [{"type": "text", "text": f"<system-reminder>{_text_of(content)}</system-reminder>"}]
-        queued = bool(self.current or self.queue or self.stalled)  # behind other work
+        queued = bool(self.current or self.queue or self.stalled or self.ending_turn)  # behind other work
         row = TurnRow(self.id, new_id("turn"), -1, "queued", now_iso(), message={"role": "user", "content": content})
         turn = Turn(row, asyncio.get_running_loop().create_future())
         await self.svc.store.put_turn(row)  # only a stored send becomes a turn
@@ -498,8 +498,7 @@ class Agent(ToolCalls, Approvals, Recovery):
         if turn is None or turn.task is None or turn.task.done():
             if self.stalled is not None:
                 stalled, self.stalled = self.stalled, None
-                await self._end_stalled(stalled)
-                self._kick()
+                await asyncio.wait([self.end_crashed(stalled)])
                 return True
             return False
         for pa in list(self.pending.values()):
@@ -513,6 +512,8 @@ class Agent(ToolCalls, Approvals, Recovery):
         or, with `keep_pending` (a graceful shutdown), detached when it only waits on
         approvals so they survive the restart. Background shells are killed."""
         self.closing = True
+        if self.ending is not None and self.ending_turn:  # recovery is ending a crashed turn: let it
+            await asyncio.wait([self.ending], timeout=10)
         turn = self.current
         if turn is not None and turn.task is not None and not turn.task.done():
             if keep_pending and self.pending and self.breakpoint == "AWAITING_APPROVAL" and not self._executing():

@@ -11,6 +11,7 @@ continues once they are answered, and any other running turn ends with
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from .records import CallRun, Turn
 
 if TYPE_CHECKING:
     pass
+
+log = logging.getLogger(__name__)
 
 SEALED_ERROR = "the server stopped while this call was running; it was sealed on resume"
 
@@ -88,8 +91,7 @@ class Recovery:
                 turn.resume_calls = runs
                 self.queue.appendleft(turn)
             elif strategy == "crash":
-                self.ending = asyncio.create_task(self._end_stalled(turn, runs))
-                self.ending.add_done_callback(lambda _: self._kick())
+                self.end_crashed(turn, runs)
             else:
                 self.stalled = turn
             self._kick()
@@ -119,6 +121,19 @@ class Recovery:
                 call.input_preview = tool.preview(call.input)
             runs.append(CallRun(call, turn.row.step))
         return runs
+
+    def end_crashed(self, turn: Turn, runs: list[CallRun] | None = None) -> asyncio.Task[None]:
+        """End a turn a crash left running (`_end_stalled`) as the agent's `ending` task:
+        queued turns start after it (its end snapshot may take a while), a rewind waits
+        for it, a close lets it finish; a failure is logged."""
+        self.ending = asyncio.ensure_future(self._end_stalled(turn, runs))
+        self.ending.add_done_callback(self._ended)
+        return self.ending
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("agent %s: ending a turn after a crash failed", self.id, exc_info=task.exception())
+        self._kick()
 
     async def _end_stalled(self, turn: Turn, runs: list[CallRun] | None = None) -> None:
         """End a turn left running by a dead process: results for dangling calls, then done."""

@@ -62,7 +62,7 @@ def listing(meta: dict[str, Any], created_at: str) -> a.CheckpointsResult:
         return a.CheckpointsResult(checkpoints=[])  # left over from a deleted agent of that id
     return a.CheckpointsResult(checkpoints=[
         a.Checkpoint(checkpoint_id=r["checkpointId"], turn_id=r["turnId"], message_index=r["messageIndex"],
-                     seq=r["seq"], created_at=r["createdAt"], files=r.get("files", 0))
+                     seq=r["seq"], created_at=r["createdAt"], files=r.get("files", 0), diff_seq=r.get("diffSeq"))
         for r in meta.get("checkpoints", [])])
 
 
@@ -223,10 +223,16 @@ class AgentCheckpoints:
             log.warning("agent %s: no diff for turn %s: %s", self.agent.id, turn.id, exc)
             return
         if changes:
-            self.agent.emit(ev.TurnDiff(
+            env = self.agent.emit(ev.TurnDiff(
                 turn_id=turn.id, checkpoint_id=rec["checkpointId"], diff=diff, truncated=truncated,
                 files=[ev.DiffFile(path=c.path, change=c.change, additions=c.additions, deletions=c.deletions)
                        for c in changes]), turn.id)
+            rec["diffSeq"] = env.seq
+            async with self._lock:
+                try:
+                    await asyncio.to_thread(repo.save, self._load())
+                except OSError as exc:  # the diff is sent; only its seq is not recorded
+                    log.warning("agent %s: turn %s's diff seq not recorded: %s", self.agent.id, turn.id, exc)
 
     # --- reading and rewinding -------------------------------------------------------------
     async def list(self) -> a.CheckpointsResult:
@@ -247,7 +253,7 @@ class AgentCheckpoints:
             rec = next((r for r in meta["checkpoints"] if r["checkpointId"] == p.checkpoint_id), None)
             if rec is None:
                 raise NotFound("checkpoint", p.checkpoint_id)
-            if agent.current or agent.queue or agent.stalled or agent.pending:
+            if agent.current or agent.queue or agent.stalled or agent.pending or agent.ending_turn:
                 raise AgentBusy(agent.id, "a rewind waits until the agent is idle")
             files: list[a.RewindFile] = []
             conflicts: list[str] = []

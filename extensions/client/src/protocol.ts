@@ -335,6 +335,7 @@ export interface Checkpoint {
   seq: number;
   createdAt: string;
   files: number;
+  diffSeq?: number | null;
 }
 
 /**

@@ -12,6 +12,7 @@ import {
   type CompactResult,
   type RewindResult,
   type TurnDiff,
+  type Checkpoint,
   type EventEnvelope,
   type KodeClientOptions,
   type Logger,
@@ -71,6 +72,15 @@ const noopLogger: Logger = { info() {}, warn() {}, error() {} };
 
 /** Diff cards read back for an opened agent's history: its newest turns that changed files. */
 const MAX_HISTORY_DIFFS = 50;
+
+/** `work(item)` for every item, `n` at a time (requests to the server run side by side). */
+async function inParallel<T>(items: T[], n: number, work: (item: T) => Promise<void>): Promise<void> {
+  const todo = [...items];
+  const worker = async () => {
+    for (let item = todo.shift(); item !== undefined; item = todo.shift()) await work(item);
+  };
+  await Promise.all(Array.from({ length: Math.min(n, todo.length) }, worker));
+}
 
 export class KodeSession {
   private client: KodeClient | undefined;
@@ -298,7 +308,7 @@ export class KodeSession {
       }
       model.setStatus({ state: status.state, lastSeq: status.lastSeq, breakpoint: status.breakpoint, usage: status.usage, mcp: status.mcp });
       await this.loadLastTokenUsage(client, agentId, model, status.lastSeq);
-      await this.loadTurnDiffs(client, agentId, model, history.messages[0]?.index ?? 0);
+      await this.loadTurnDiffs(client, agentId, model);
       if (history.total === history.messages.length) {
         const first = model.firstUserText();
         if (first) this.titles.setAuto(agentId, titleFromText(first));
@@ -317,32 +327,30 @@ export class KodeSession {
   }
 
   /**
-   * Diff cards for the turns shown from history: `agent/checkpoints` says which turns
-   * changed files and where each turn's events start; its `turn_diff` is read from there
-   * (monitor channel, a few pages at most). The newest `MAX_HISTORY_DIFFS` turns only.
+   * Diff cards for the turns shown from history: `agent/checkpoints` lists the turns that
+   * changed files, each with the seq of its `turn_diff` (`diffSeq`), read back as one event.
+   * Checkpoints recorded before `diffSeq` existed: the event is looked for after the
+   * checkpoint's own (a few pages). The newest `MAX_HISTORY_DIFFS`; a card that cannot be
+   * read is left out (logged), the others still show.
    */
-  private async loadTurnDiffs(client: KodeClient, agentId: string, model: ChatModel, firstIndex: number): Promise<void> {
+  private async loadTurnDiffs(client: KodeClient, agentId: string, model: ChatModel): Promise<void> {
+    let checkpoints: Checkpoint[];
     try {
-      const { checkpoints } = await client.checkpoints(agentId);
-      const shown = checkpoints.filter((c) => c.files > 0 && c.messageIndex >= firstIndex).slice(-MAX_HISTORY_DIFFS);
-      const found: TurnDiff[] = [];
-      for (const c of shown) {
-        let since = c.seq;
-        for (let page = 0; page < 5; page++) {
-          const r = await client.events({ agentId, since, limit: 200, channels: ["monitor"] });
-          const hit = r.events.find((e) => e.event.type === "turn_diff" && e.event.checkpointId === c.checkpointId);
-          if (hit && hit.event.type === "turn_diff") {
-            found.push(hit.event);
-            break;
-          }
-          if (r.events.length < 200) break;
-          since = r.events[r.events.length - 1]!.seq;
-        }
-      }
-      model.insertTurnDiffs(found);
+      ({ checkpoints } = await client.checkpoints(agentId));
     } catch (e) {
-      this.logger.warn(`kode: ${agentId}: could not read its turn diffs: ${errorMessage(e)}`);
+      this.logger.warn(`kode: ${agentId}: could not list its checkpoints: ${errorMessage(e)}`);
+      return;
     }
+    const found: TurnDiff[] = [];
+    await inParallel(checkpoints.filter((c) => c.files > 0).slice(-MAX_HISTORY_DIFFS), 4, async (c) => {
+      try {
+        const diff = await turnDiffOf(client, agentId, c);
+        if (diff) found.push(diff);
+      } catch (e) {
+        this.logger.warn(`kode: ${agentId}: could not read the diff of ${c.checkpointId}: ${errorMessage(e)}`);
+      }
+    });
+    model.insertTurnDiffs(found);
   }
 
   /** The context after the agent's last model call: its last `token_usage` (bounded look-back). */
@@ -371,19 +379,16 @@ export class KodeSession {
     if (!todo.length) return;
     for (const a of todo) this.titleLookups.add(a.agentId);
     let found = 0;
-    const worker = async () => {
-      for (let a = todo.shift(); a; a = todo.shift()) {
-        try {
-          const r = await client.messages({ agentId: a.agentId, limit: 4, before: 4 });
-          const first = r.messages.find((m) => m.role === "user" && m.content.some((b) => b.type === "text" && b.text));
-          const text = first?.content.map((b) => (b.type === "text" ? b.text : "")).join("\n");
-          if (text && this.titles.setAuto(a.agentId, titleFromText(text))) found++;
-        } catch {
-          /* deleted meanwhile, or the server went away: the id stays the title */
-        }
+    await inParallel(todo, 3, async (a) => {
+      try {
+        const r = await client.messages({ agentId: a.agentId, limit: 4, before: 4 });
+        const first = r.messages.find((m) => m.role === "user" && m.content.some((b) => b.type === "text" && b.text));
+        const text = first?.content.map((b) => (b.type === "text" ? b.text : "")).join("\n");
+        if (text && this.titles.setAuto(a.agentId, titleFromText(text))) found++;
+      } catch {
+        /* deleted meanwhile, or the server went away: the id stays the title */
       }
-    };
-    await Promise.all([worker(), worker(), worker()]);
+    });
     if (found) this.emitter.fire({ type: "agents" });
   }
 
@@ -560,4 +565,21 @@ export function errorMessage(e: unknown): string {
     return `${e.message}${fields ? ` (${fields})` : ""}`;
   }
   return e instanceof Error ? e.message : String(e);
+}
+
+/** A checkpoint's `turn_diff` event: at `diffSeq`, or (older records) after the checkpoint. */
+async function turnDiffOf(client: KodeClient, agentId: string, c: Checkpoint): Promise<TurnDiff | undefined> {
+  const pick = (events: EventEnvelope[]): TurnDiff | undefined => {
+    for (const e of events) if (e.event.type === "turn_diff" && e.event.checkpointId === c.checkpointId) return e.event;
+    return undefined;
+  };
+  if (c.diffSeq) return pick((await client.events({ agentId, since: c.diffSeq - 1, limit: 1 })).events);
+  let since = c.seq;
+  for (let page = 0; page < 5; page++) {
+    const r = await client.events({ agentId, since, limit: 200, channels: ["monitor"] });
+    const hit = pick(r.events);
+    if (hit || r.events.length < 200) return hit;
+    since = r.events[r.events.length - 1]!.seq;
+  }
+  return undefined;
 }
