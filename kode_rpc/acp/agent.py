@@ -94,7 +94,6 @@ def _errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
-
 def _editor_servers(mcp_servers: list[Any] | None) -> dict[str, Any] | None:
     """ACP's `mcpServers` of a load or resume as the agent's map, checked before anything
     is loaded (a bad entry answers -32602 and changes nothing)."""
@@ -103,6 +102,7 @@ def _editor_servers(mcp_servers: list[Any] | None) -> dict[str, Any] | None:
         return None
     AgentConfig.model_validate({"mcpServers": servers})
     return servers
+
 
 class KodeAcpAgent:
     """ACP's `Agent` interface (the SDK calls these methods) over the runtime service."""

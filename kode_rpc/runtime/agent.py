@@ -149,7 +149,12 @@ class Agent(ToolCalls, Approvals, Recovery):
     @property
     def busy(self) -> bool:
         """Not to be hibernated: work in memory, or a request holding it (`pins`)."""
-        return bool(self.current or self.queue or self.pending or self.stalled or self.pins or self.ending_turn)
+        return bool(self.has_turns or self.pending or self.pins)
+
+    @property
+    def has_turns(self) -> bool:
+        """A turn is running, queued, stalled after a crash, or being ended after one."""
+        return bool(self.current or self.queue or self.stalled or self.ending_turn)
 
     @property
     def ending_turn(self) -> bool:
@@ -253,7 +258,7 @@ class Agent(ToolCalls, Approvals, Recovery):
         self.touch()
         if kind == "reminder":
             content = [{"type": "text", "text": f"<system-reminder>{_text_of(content)}</system-reminder>"}]
-        queued = bool(self.current or self.queue or self.stalled or self.ending_turn)  # behind other work
+        queued = self.has_turns  # behind other work
         row = TurnRow(self.id, new_id("turn"), -1, "queued", now_iso(), message={"role": "user", "content": content})
         turn = Turn(row, asyncio.get_running_loop().create_future())
         await self.svc.store.put_turn(row)  # only a stored send becomes a turn

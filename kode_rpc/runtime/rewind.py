@@ -205,34 +205,31 @@ class AgentCheckpoints:
             return
         repo = self.repo()
 
-        def finish() -> tuple[list[Any], str, bool]:
+        def finish() -> tuple[list[Any], str, bool, str]:
             after = repo.snapshot()
             changes = repo.changes(rec["tree"], after)
             diff, truncated = repo.patch(rec["tree"], after) if changes else ("", False)
+            return changes, diff, truncated, after
+
+        def record(after: str, files: int) -> None:
             rec["after"] = after
-            rec["files"] = len(changes)
+            rec["files"] = files
             meta = self._load()
             meta["baseline"] = after
             repo.save(meta)
-            return changes, diff, truncated
 
         try:
             async with self._lock:
-                changes, diff, truncated = await asyncio.to_thread(finish)
+                changes, diff, truncated, after = await asyncio.to_thread(finish)
+                if changes:  # emitted first: the record keeps its seq (`diffSeq`), saved once
+                    env = self.agent.emit(ev.TurnDiff(
+                        turn_id=turn.id, checkpoint_id=rec["checkpointId"], diff=diff, truncated=truncated,
+                        files=[ev.DiffFile(path=c.path, change=c.change, additions=c.additions,
+                                           deletions=c.deletions) for c in changes]), turn.id)
+                    rec["diffSeq"] = env.seq
+                await asyncio.to_thread(record, after, len(changes))
         except CheckpointError as exc:
             log.warning("agent %s: no diff for turn %s: %s", self.agent.id, turn.id, exc)
-            return
-        if changes:
-            env = self.agent.emit(ev.TurnDiff(
-                turn_id=turn.id, checkpoint_id=rec["checkpointId"], diff=diff, truncated=truncated,
-                files=[ev.DiffFile(path=c.path, change=c.change, additions=c.additions, deletions=c.deletions)
-                       for c in changes]), turn.id)
-            rec["diffSeq"] = env.seq
-            async with self._lock:
-                try:
-                    await asyncio.to_thread(repo.save, self._load())
-                except OSError as exc:  # the diff is sent; only its seq is not recorded
-                    log.warning("agent %s: turn %s's diff seq not recorded: %s", self.agent.id, turn.id, exc)
 
     # --- reading and rewinding -------------------------------------------------------------
     async def list(self) -> a.CheckpointsResult:
@@ -253,7 +250,7 @@ class AgentCheckpoints:
             rec = next((r for r in meta["checkpoints"] if r["checkpointId"] == p.checkpoint_id), None)
             if rec is None:
                 raise NotFound("checkpoint", p.checkpoint_id)
-            if agent.current or agent.queue or agent.stalled or agent.pending or agent.ending_turn:
+            if agent.has_turns or agent.pending:
                 raise AgentBusy(agent.id, "a rewind waits until the agent is idle")
             files: list[a.RewindFile] = []
             conflicts: list[str] = []

@@ -530,7 +530,6 @@ class McpHub:
             return ToolResult.fail(f"MCP error from {server.name!r}: {exc}", "tool_error")
         return _result(result)
 
-
     def _cancel_remote(self, server: _Server, request_id: Any, reason: str) -> None:
         """Tell the server to stop a call we gave up on (MCP `notifications/cancelled`)."""
         session = server.session

@@ -207,8 +207,8 @@ export class ChatModel {
    */
   insertTurnDiffs(diffs: TurnDiff[]): void {
     for (const ev of diffs) {
-      const id = `diff:${ev.checkpointId}`;
-      if (this.byId.has(id)) continue;
+      const item = diffItem(ev);
+      if (this.byId.has(item.id)) continue;
       let at = -1;
       for (let i = this.list.length - 1; i >= 0; i--) {
         if (this.list[i]!.turnId === ev.turnId) {
@@ -217,9 +217,8 @@ export class ChatModel {
         }
       }
       if (at < 0) continue;
-      const item = diffItem(ev);
       this.list.splice(at + 1, 0, item);
-      this.byId.set(id, item);
+      this.byId.set(item.id, item);
     }
   }
 
